@@ -1,0 +1,43 @@
+# Fresh machine: `make demo` or `make test` builds .venv from nothing first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test test-fast demo bench bench-quick model materialize clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch first (a local file here); any other spec pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m 'not slow'
+
+demo: setup
+	$(BIN)/python -m rewardrt.export.demo
+
+bench: setup
+	$(BIN)/rewardrt bench --out bench-results
+
+bench-quick: setup
+	$(BIN)/rewardrt bench --quick --out bench-results/quick
+
+model: setup
+	$(BIN)/rewardrt train --out .artifacts/equiv-minilm-l6
+
+materialize: setup
+	$(BIN)/rewardrt materialize
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks bench-results .artifacts build *.egg-info

@@ -1,0 +1,1 @@
+"""Side-by-side measurement against the PyTorch reference (needs ``rewardrt[bench]``)."""

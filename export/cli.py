@@ -1,0 +1,50 @@
+"""``rewardrt export CHECKPOINT_DIR -o OUT.onnx --precision {fp32,int8}``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rewardrt.export.errors import ExportError, FidelityError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a checkpoint to one verified, self-contained ONNX graph",
+        description="Fold encoder + mean/max pooling + head into one ONNX graph (fp32, or INT8 "
+        "with a fidelity gate), embed tokenizer and spec, verify against the torch reference.",
+    )
+    p.add_argument("checkpoint_dir", help="folder in the neuraltxt-reward-tiny layout")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    p.add_argument("--max-length", type=int, default=512, help="truncation length in tokens (default 512)")
+    p.add_argument("--data-dir", help="folder with pairs-train.jsonl / pairs-dev.jsonl "
+                   "(default: $REWARDRT_DATA or ../shared/data)")
+    p.add_argument("--validation-size", type=int, default=None,
+                   help="dev pairs for the gate (default: all of them)")
+    p.add_argument("--calibration-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rewardrt.export.exporter import ExportConfig, export
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("rewardrt").setLevel(logging.INFO)
+    try:
+        cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
+                           validation_size=args.validation_size, calibration_size=args.calibration_size,
+                           threads=args.threads)
+        report = export(args.checkpoint_dir, args.output, cfg)
+    except FidelityError as exc:
+        if exc.report is not None:
+            print(exc.report.describe(), file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.describe())
+    return 0

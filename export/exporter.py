@@ -1,0 +1,324 @@
+"""``export()``: checkpoint -> ONE self-contained, verified ONNX graph.
+
+Steps: load the checkpoint as the torch reference; trace encoder + pooling + head + clamp to ONNX;
+fuse offline; for INT8, search a per-MatMul quantization plan on calibration pairs; embed the
+tokenizer and the spec as metadata; verify the written graph through the runtime against the torch
+reference on validation pairs; publish atomically only if it is within budget.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rewardrt.export import graph, quantize
+from rewardrt.export.checkpoint import locate
+from rewardrt.export.errors import ExportError, FidelityError
+from rewardrt.export.pairs import (
+    DEV_FILE, LONG_PAIRS, Pairs, calibration_pairs, find_data_dir, validation_pairs,
+)
+from rewardrt.export.reference import DEFAULT_MAX_LENGTH, TorchReward
+from rewardrt.runtime.metrics import Fidelity, fidelity
+from rewardrt.runtime.spec import (
+    FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_TOKENIZER, PRECISIONS, ArtifactSpec,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FidelityBudget:
+    """How close an INT8 graph must stay to the torch reference (clamped scores)."""
+
+    max_mean_abs: float = 0.01
+    max_abs: float = 0.05
+    min_spearman: float = 0.995
+    min_agreement: float = 0.99   # share of pairs on the same side of 0.5
+
+    def failures(self, f: Fidelity) -> list[str]:
+        out = []
+        if not f.mean_abs_diff <= self.max_mean_abs:
+            out.append(f"mean|Δ| {f.mean_abs_diff:.5f} > {self.max_mean_abs}")
+        if not f.max_abs_diff <= self.max_abs:
+            out.append(f"max|Δ| {f.max_abs_diff:.5f} > {self.max_abs}")
+        if not f.spearman >= self.min_spearman:
+            out.append(f"spearman {f.spearman:.5f} < {self.min_spearman}")
+        if not f.agreement_at_half >= self.min_agreement:
+            out.append(f"agreement@0.5 {100 * f.agreement_at_half:.2f}% < {100 * self.min_agreement:.0f}%")
+        return out
+
+    def scaled(self, k: float) -> "FidelityBudget":
+        """A stricter budget for the plan search, so the held-out gate has room to spare."""
+        return FidelityBudget(self.max_mean_abs * k, self.max_abs * k,
+                              1 - (1 - self.min_spearman) * k, 1 - (1 - self.min_agreement) * k)
+
+
+FP32_MAX_RAW_DIFF = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    precision: str = "int8"
+    max_length: int = DEFAULT_MAX_LENGTH
+    data_dir: str | None = None
+    calibration_size: int = 256
+    validation_size: int | None = None     # None: every dev pair
+    budget: FidelityBudget = field(default_factory=FidelityBudget)
+    search_margin: float = 0.6             # the search aims at this fraction of the budget
+    smooth_alpha: float | None = 0.5
+    block_size: int = 32
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.max_length, int) or not 3 <= self.max_length <= 8192:
+            raise ValueError(f"max_length must be an int in [3, 8192], got {self.max_length!r}")
+        if self.calibration_size < 8:
+            raise ValueError(f"calibration_size must be >= 8, got {self.calibration_size}")
+        if self.validation_size is not None and self.validation_size < 8:
+            raise ValueError(f"validation_size must be >= 8 or None, got {self.validation_size}")
+        if not 0 < self.search_margin <= 1:
+            raise ValueError(f"search_margin must be in (0, 1], got {self.search_margin}")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
+
+
+@dataclass
+class ExportReport:
+    output: str
+    precision: str
+    fidelity: Fidelity
+    max_raw_abs_diff: float
+    passed: bool
+    failures: list[str]
+    plan: dict[str, int]            # scheme -> number of MatMuls
+    fused_ops: dict[str, int]
+    file_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        plan = ", ".join(f"{k}={v}" for k, v in sorted(self.plan.items()))
+        lines = [
+            f"{status} {self.precision} export -> {self.output}",
+            f"  fidelity vs torch reference: {self.fidelity.describe()} raw max|Δ|={self.max_raw_abs_diff:.2e}",
+            f"  MatMul plan: {plan}",
+            f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s",
+        ]
+        lines += [f"  over budget: {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    from rewardrt import __version__
+
+    return {"rewardrt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+def _set_metadata(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: str) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {
+        KEY_FORMAT: str(FORMAT_VERSION), KEY_SPEC: spec.to_json(), KEY_TOKENIZER: tokenizer_json,
+    })
+    model.producer_name = "rewardrt"
+
+
+def _write(model: onnx.ModelProto, path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _runtime_scores(path: Path, pairs: Pairs, threads: int | None, output: str = "raw_score") -> np.ndarray:
+    from rewardrt.runtime.api import RewardModel
+
+    model = RewardModel(path, threads=threads)
+    fn = model.raw_scores if output == "raw_score" else model.batch_score
+    return np.asarray(fn(pairs.responses, pairs.references), dtype=np.float64)
+
+
+def _clamped_fidelity(ref_raw: np.ndarray, raw: np.ndarray) -> Fidelity:
+    return fidelity(np.clip(ref_raw, 0, 1), np.clip(raw, 0, 1))
+
+
+def _activation_absmax(model: onnx.ModelProto, pairs: Pairs, tokenizer_json: str, max_length: int,
+                       names: list[str], threads: int | None) -> dict[str, np.ndarray]:
+    """Per-channel max |input| of each MatMul over the real tokens of the calibration pairs."""
+    import onnxruntime as ort
+
+    from rewardrt.runtime.api import build_texts
+    from rewardrt.runtime.session import default_threads
+    from rewardrt.runtime.tokenizer import encode, load_tokenizer, pad
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    inputs = {n.name: n.input[0] for n in probe.graph.node if n.name in set(names)}
+    for tensor in dict.fromkeys(inputs.values()):
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    tok = load_tokenizer(tokenizer_json, max_length, "calibration")
+    ids = encode(tok, build_texts(pairs.responses, pairs.references))
+    tensors = list(dict.fromkeys(inputs.values()))
+    absmax: dict[str, np.ndarray] = {}
+    for start in range(0, len(ids), 32):
+        input_ids, mask = pad(ids[start : start + 32])
+        outs = session.run(tensors, {"input_ids": input_ids, "attention_mask": mask})
+        for t, o in zip(tensors, outs):
+            m = np.abs(o[mask.astype(bool)]).max(axis=0)
+            absmax[t] = m if t not in absmax else np.maximum(absmax[t], m)
+    return {name: absmax[t] for name, t in inputs.items()}
+
+
+def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg: ExportConfig,
+                spec: ArtifactSpec, tokenizer_json: str, workdir: Path,
+                ) -> tuple[dict[str, str], dict, dict[str, np.ndarray]]:
+    """The fastest per-MatMul plan whose calibration error stays inside the scaled budget.
+
+    Schemes by speed on CPUs with int8 dot products: ``token`` (integer GEMM) < ``block`` (int8
+    weights, about fp32 speed) ≈ ``fp32``. Each MatMul's sensitivity is measured alone (the rest
+    fp32); the least sensitive ones then take ``token`` for as long as the whole plan stays inside
+    the search target (binary search over that order); of the rest, the least sensitive take
+    ``block`` (int8 weights, smaller file) the same way; what is left stays fp32."""
+    sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
+    target = cfg.budget.scaled(cfg.search_margin)
+    absmax = _activation_absmax(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
+
+    def trial(plan: dict[str, str], tag: str) -> Fidelity:
+        model = quantize.apply_plan(fp32, plan, cfg.block_size, absmax, cfg.smooth_alpha)
+        quantize.quantize_embedding_tables(model)
+        _set_metadata(model, spec, tokenizer_json)
+        path = workdir / f"trial-{tag}.onnx"
+        _write(model, path)
+        try:
+            return _clamped_fidelity(cal_ref_raw, _runtime_scores(path, cal, cfg.threads))
+        finally:
+            path.unlink(missing_ok=True)
+
+    start = time.time()
+    plan = {s: "fp32" for s in sites}
+    sensitivity = {s: trial({s: "token"}, "one").mean_abs_diff for s in sites}
+    order = sorted(sites, key=lambda s: sensitivity[s])
+
+    def longest_prefix(candidates: list[str], scheme: str) -> int:
+        """Largest k such that giving ``scheme`` to candidates[:k] keeps the plan in target."""
+        lo, hi, best = 1, len(candidates), 0
+        while lo <= hi:
+            k = (lo + hi) // 2
+            if target.failures(trial({**plan, **{c: scheme for c in candidates[:k]}}, f"{scheme}{k}")):
+                hi = k - 1
+            else:
+                best, lo = k, k + 1
+        return best
+
+    k = longest_prefix(order, "token")
+    plan.update({c: "token" for c in order[:k]})
+    rest = order[k:]
+    if rest:  # int8 weights at fp32 speed for what cannot take the integer GEMM
+        k = longest_prefix(rest, "block")
+        plan.update({c: "block" for c in rest[:k]})
+    info = {"sensitivity_mean_abs": {s: round(v, 6) for s, v in sensitivity.items()},
+            "search_target": asdict(target), "search_seconds": round(time.time() - start, 1)}
+    return plan, info, absmax
+
+
+def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig | None = None) -> ExportReport:
+    """Export ``checkpoint_dir`` to ``output`` (.onnx). Raises FidelityError, leaving no file, when
+    the written graph disagrees with the torch reference beyond the budget."""
+    cfg = config or ExportConfig()
+    t0 = time.time()
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ValueError(f"output must end in .onnx, got {str(output)!r}")
+    if output.is_dir():
+        raise ValueError(f"output {str(output)!r} is a directory; give a file path ending in .onnx")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist")
+    files = locate(checkpoint_dir)
+    data_dir = find_data_dir(cfg.data_dir)
+    reference = TorchReward(files.root, max_length=cfg.max_length)
+    config = reference.config
+    tokenizer_json = files.tokenizer.read_text(encoding="utf-8")
+    val = validation_pairs(data_dir, cfg.validation_size)
+    log.info("torch reference on %d validation pairs", len(val))
+    val_ref = np.asarray(reference.raw_scores(val.responses, val.references), dtype=np.float64)
+
+    spec = ArtifactSpec(
+        precision=cfg.precision, max_length=min(cfg.max_length, config["max_position_embeddings"]),
+        hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
+        checkpoint_digest=files.digest(), versions=_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    with tempfile.TemporaryDirectory(prefix=".rewardrt-export-", dir=output.parent) as tmp:
+        work = Path(tmp)
+        graph.trace(reference.net, work / "traced.onnx")
+        int8 = cfg.precision == "int8"
+        # INT8 keeps Q/K/V as separate MatMuls (MultiHeadAttention) so they can be quantized, and
+        # the word-embedding Gather visible so its table can be stored as int8.
+        counts = graph.fuse(work / "traced.onnx", work / "fused.onnx", config["num_attention_heads"],
+                            config["hidden_size"], config["num_hidden_layers"],
+                            fuse_embeddings=not int8, separate_qkv=int8)
+        model = graph.load(work / "fused.onnx")
+        quant_info: dict = {}
+        if cfg.precision == "int8":
+            cal = calibration_pairs(data_dir, cfg.calibration_size)
+            cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
+            plan, quant_info, absmax = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json, work)
+            model = quantize.apply_plan(model, plan, cfg.block_size, absmax, cfg.smooth_alpha)
+            tables = quantize.quantize_embedding_tables(model)
+            counts_plan = {k: list(plan.values()).count(k) for k in set(plan.values())}
+            quant_info.update(plan=plan, plan_counts=counts_plan, int8_embedding_tables=tables,
+                              block_size=cfg.block_size, smooth_alpha=cfg.smooth_alpha,
+                              activation_scales="per token (row), symmetric int8, computed at run time",
+                              weight_scales="per output channel (token) / per block (block)")
+        else:
+            counts_plan = {"fp32": len(quantize.quantizable_matmuls(model))}
+        spec = ArtifactSpec(**{**asdict(spec), "quantization": quant_info})
+        _set_metadata(model, spec, tokenizer_json)
+        candidate = work / "candidate.onnx"
+        _write(model, candidate)
+
+        raw = _runtime_scores(candidate, val, cfg.threads)
+        fid = _clamped_fidelity(val_ref, raw)
+        raw_diff = float(np.abs(raw - val_ref).max())
+        if cfg.precision == "fp32":
+            failures = [] if raw_diff <= FP32_MAX_RAW_DIFF else [f"raw max|Δ| {raw_diff:.2e} > {FP32_MAX_RAW_DIFF}"]
+        else:
+            failures = cfg.budget.failures(fid)
+        report = ExportReport(
+            output=str(output), precision=cfg.precision, fidelity=fid, max_raw_abs_diff=raw_diff,
+            passed=not failures, failures=failures, plan=counts_plan,
+            fused_ops={k: v for k, v in counts.items() if k in graph.FUSED_OPS},
+            file_bytes=candidate.stat().st_size, seconds=time.time() - t0,
+        )
+        if failures:
+            raise FidelityError(f"{cfg.precision} export of {str(files.root)!r} is over its fidelity "
+                                f"budget ({'; '.join(failures)}); nothing was written", report)
+        fid_meta = {**fid.as_dict(), "max_raw_abs_diff": raw_diff,
+                    "validation": f"{len(val)} pairs: {DEV_FILE} + {LONG_PAIRS} long pairs",
+                    "budget": asdict(cfg.budget) if cfg.precision == "int8" else {"max_raw_abs_diff": FP32_MAX_RAW_DIFF}}
+        spec = ArtifactSpec(**{**asdict(spec), "fidelity": fid_meta})
+        _set_metadata(model, spec, tokenizer_json)
+        _write(model, candidate)
+        report.file_bytes = candidate.stat().st_size
+        report.seconds = time.time() - t0
+        os.replace(candidate, output)
+    return report

@@ -1,0 +1,139 @@
+"""The torch reference: neural-txt's scoring, reproduced exactly. It is the oracle for export
+verification, the tests and the bench.
+
+Scoring path (as ``neuraltxt.NeuralTxtReward``): the text ``f"{reference} [SEP] {response}"`` is
+tokenized as ONE sequence (truncation at ``max_length``, padding to the longest in the batch), run
+through the encoder, pooled by masked mean and masked max (concatenated, ``2 * hidden``), fed to
+``Sequential(Dropout(0.2), Linear(2 * hidden, 1))`` and clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rewardrt.export.checkpoint import load_head_state, locate, read_config
+from rewardrt.export.errors import CheckpointError
+from rewardrt.runtime.api import RankedResponse, build_texts, normalize_references
+
+DEFAULT_MAX_LENGTH = 512
+
+
+def meanmax_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean and masked max over the sequence axis, concatenated."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    mx = hidden.masked_fill(m == 0, float("-inf")).max(1).values
+    return torch.cat([mean, mx], dim=-1)
+
+
+class RewardNet(nn.Module):
+    """Encoder + mean⊕max pooling + head. ``forward`` returns ``(score, raw)``: the clamped score
+    and the head's raw output, so parity can be checked where the clamp would hide a difference."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(input_ids),
+        ).last_hidden_state
+        raw = self.head(meanmax_pool(hidden, attention_mask)).squeeze(-1)
+        return raw.clamp(0.0, 1.0), raw
+
+
+def make_head(hidden_size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * hidden_size, 1))
+
+
+def load_encoder(checkpoint_dir: str | Path) -> nn.Module:
+    """The checkpoint's encoder in eval mode, loaded locally with no remote code."""
+    from transformers import AutoModel
+
+    files = locate(checkpoint_dir, require_head=False)
+    read_config(files)
+    try:
+        encoder = AutoModel.from_pretrained(
+            str(files.root), local_files_only=True, trust_remote_code=False,
+            attn_implementation="eager",
+        )
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load encoder weights from {str(files.weights)!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    return encoder.eval()
+
+
+def load_tokenizer(checkpoint_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(checkpoint_dir), local_files_only=True, trust_remote_code=False
+    )
+
+
+class TorchReward:
+    """neural-txt's ``NeuralTxtReward`` on a local checkpoint, CPU, fp32 eager, no network."""
+
+    def __init__(self, checkpoint_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        files = locate(checkpoint_dir)
+        config = read_config(files)
+        self.checkpoint = files
+        self.config = config
+        self.max_length = max_length
+        self.tokenizer = load_tokenizer(files.root)
+        head = make_head(config["hidden_size"])
+        head.load_state_dict(load_head_state(files, config["hidden_size"]))
+        self.net = RewardNet(load_encoder(files.root), head).eval()
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts), return_tensors="pt", padding=True, truncation=True,
+            max_length=self.max_length,
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    @torch.inference_mode()
+    def forward_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encode(texts)
+        return self.net(enc["input_ids"], enc["attention_mask"])
+
+    def raw_scores(
+        self, responses: Sequence[str], reference: str | Sequence[str], batch_size: int = 64
+    ) -> list[float]:
+        """Pre-clamp head outputs, batched exactly like ``batch_score``."""
+        return self._run(responses, reference, batch_size, raw=True)
+
+    def score(self, response: str, reference: str) -> float:
+        return self.batch_score([response], reference)[0]
+
+    def batch_score(
+        self, responses: Sequence[str], reference: str | Sequence[str], batch_size: int = 64
+    ) -> list[float]:
+        return self._run(responses, reference, batch_size, raw=False)
+
+    def rank(self, responses: Sequence[str], reference: str | Sequence[str]) -> list[RankedResponse]:
+        scores = self.batch_score(responses, reference)
+        ranked = [RankedResponse(i, r, s) for i, (r, s) in enumerate(zip(responses, scores))]
+        return sorted(ranked, key=lambda item: item.score, reverse=True)
+
+    def _run(self, responses, reference, batch_size: int, raw: bool) -> list[float]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        references = normalize_references(responses, reference)
+        texts = build_texts(responses, references)
+        out: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            score, raw_out = self.forward_texts(texts[start : start + batch_size])
+            out.extend(float(v) for v in (raw_out if raw else score).tolist())
+        return out

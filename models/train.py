@@ -1,0 +1,255 @@
+"""Training recipe of the default reward model (``rewardrt train`` / ``make model``).
+
+Starts from the packaged all-MiniLM-L6-v2, trains the top encoder layers and the mean⊕max head with
+MSE on 0..1 answer-equivalence targets built from ../shared/data/pairs-train.jsonl plus rule-based
+minimal edits, selects the epoch on pairs-dev.jsonl, and writes a full checkpoint in the
+neuraltxt-reward-tiny layout. Everything is seeded; the wall time goes into the run log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rewardrt.export.reference import RewardNet, make_head
+from rewardrt.models.base import BASE_FILES, base_model_dir
+from rewardrt.runtime.edits import EDITS
+from rewardrt.runtime.metrics import spearman, roc_auc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the trained weights. Loaded from the model's recipe.json."""
+
+    train_data: str = "../shared/data/pairs-train.jsonl"
+    dev_data: str = "../shared/data/pairs-dev.jsonl"
+    seed: int = 13
+    trainable_layers: int = 3          # top encoder layers unfrozen (of 6)
+    epochs: int = 2
+    batch_size: int = 32
+    max_length: int = 128              # pairs here are short; inference still truncates at 512
+    lr_encoder: float = 4e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
+    # answer-equivalence targets
+    contradiction_scale: float = 0.25  # SICK CONTRADICTION: target = scale * relatedness (≈ 0.15-0.25)
+    neutral_scale: float = 0.85        # SICK NEUTRAL: related but not entailed -> below its relatedness
+    paraphrase_target: float = 0.95    # MSRP paraphrase
+    non_paraphrase_target: float = 0.25
+    changed_target: float = 0.05       # meaning-changing edit
+    kept_target: float = 0.95          # meaning-preserving edit
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"recipe {path} has unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def target_of(row: dict, r: Recipe) -> float:
+    sim = float(row["similarity"])
+    if row["source"] == "sick2014":
+        label = row.get("entailment")
+        if label == "CONTRADICTION":
+            return r.contradiction_scale * sim
+        if label == "NEUTRAL":
+            return r.neutral_scale * sim
+        return sim
+    if row["source"] == "msrp":
+        return r.paraphrase_target if row.get("paraphrase", sim) >= 0.5 else r.non_paraphrase_target
+    return sim
+
+
+def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tuple[str, str, float]]:
+    """(reference, response, target) triples: every pair in both orders plus minimal edits."""
+    out: list[tuple[str, str, float]] = []
+    for row in rows:
+        t = target_of(row, r)
+        out.append((row["a"], row["b"], t))
+        out.append((row["b"], row["a"], t))
+    sentences = sorted({row["a"] for row in rows} | {row["b"] for row in rows})
+    counts = {}
+    for name, (rule, changed) in EDITS.items():
+        order = sentences[:]
+        rng.shuffle(order)
+        made = 0
+        for sentence in order:
+            if made >= r.edits_per_rule:
+                break
+            edited = rule(sentence, rng)
+            if edited is None or edited == sentence:
+                continue
+            t = r.changed_target if changed else r.kept_target
+            out.append((sentence, edited, t))
+            out.append((edited, sentence, t))
+            made += 1
+        counts[name] = made
+    log.info("edit pairs per rule: %s", counts)
+    return out
+
+
+def batches(examples, tokenizer, r: Recipe, rng: random.Random):
+    """Shuffled batches of similar length (less padding, same examples per epoch)."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    chunk = r.batch_size * 50
+    groups = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(examples[i][0]) + len(examples[i][1]))
+        groups.extend(part[i : i + r.batch_size] for i in range(0, len(part), r.batch_size))
+    rng.shuffle(groups)
+    for idx in groups:
+        texts = [f"{examples[i][0]} [SEP] {examples[i][1]}" for i in idx]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=r.max_length)
+        target = torch.tensor([examples[i][2] for i in idx], dtype=torch.float32)
+        yield enc["input_ids"], enc["attention_mask"], target
+
+
+@torch.inference_mode()
+def predict(net: RewardNet, tokenizer, refs: list[str], resps: list[str], batch: int = 64) -> np.ndarray:
+    net.eval()
+    out = []
+    order = sorted(range(len(refs)), key=lambda i: len(refs[i]) + len(resps[i]))
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        enc = tokenizer([f"{refs[i]} [SEP] {resps[i]}" for i in idx], return_tensors="pt",
+                        padding=True, truncation=True, max_length=512)
+        score, _ = net(enc["input_ids"], enc["attention_mask"])
+        out.extend(zip(idx, score.tolist()))
+    res = np.zeros(len(refs))
+    for i, v in out:
+        res[i] = v
+    return res
+
+
+def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
+    """The selection metrics on the dev pairs (the full table is ``rewardrt eval``)."""
+    scores = predict(net, tokenizer, [d["a"] for d in dev], [d["b"] for d in dev])
+    gold = np.array([d["similarity"] for d in dev])
+    src = np.array([d["source"] for d in dev])
+    m = {}
+    for s in sorted(set(src)):
+        m[f"spearman/{s}"] = spearman(scores[src == s], gold[src == s])
+    msrp = src == "msrp"
+    m["auc/msrp"] = roc_auc(scores[msrp], gold[msrp] >= 0.5)
+    ent = np.array([d.get("entailment") for d in dev])
+    sel = (ent == "ENTAILMENT") | (ent == "CONTRADICTION")
+    m["auc/sick-entail-vs-contra"] = roc_auc(scores[sel], ent[sel] == "ENTAILMENT")
+    contra = ent == "CONTRADICTION"
+    m["contradiction>0.7"] = float(np.mean(scores[contra] > 0.7))
+    m["selection"] = float(np.mean([v for k, v in m.items() if k.startswith(("spearman", "auc"))])
+                           - m["contradiction>0.7"])
+    return m
+
+
+def save_checkpoint(net: RewardNet, base: Path, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in BASE_FILES:
+        if name != "model.safetensors":
+            shutil.copy2(base / name, tmp / name)
+    state = {k: v.detach().contiguous() for k, v in net.encoder.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save({k: v.detach().clone() for k, v in net.head.state_dict().items()}, tmp / "head_weights.pt")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    r = Recipe.load(recipe_path)
+    recipe_dir = Path(recipe_path).resolve().parent
+    resolve = lambda p: (recipe_dir / p).resolve() if not Path(p).is_absolute() else Path(p)  # noqa: E731
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(r.seed)
+    np.random.seed(r.seed)
+    torch.manual_seed(r.seed)
+    torch.set_num_threads(r.threads)
+    rng = random.Random(r.seed)
+
+    base = base_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(base), local_files_only=True, attn_implementation="eager")
+    net = RewardNet(encoder, make_head(encoder.config.hidden_size))
+    n_layers = encoder.config.num_hidden_layers
+    first_trainable = n_layers - r.trainable_layers
+    for name, p in net.encoder.named_parameters():
+        p.requires_grad = name.startswith("encoder.layer.") and int(name.split(".")[2]) >= first_trainable
+
+    train_rows = read_pairs(resolve(r.train_data))
+    dev_rows = read_pairs(resolve(r.dev_data))
+    examples = build_examples(train_rows, r, rng)
+    steps_per_epoch = math.ceil(len(examples) / r.batch_size)
+    total = steps_per_epoch * r.epochs
+    warmup = max(1, int(total * r.warmup_fraction))
+    enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": r.lr_encoder}, {"params": net.head.parameters(), "lr": r.lr_head}],
+        weight_decay=r.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+    )
+    log.info("examples %d, steps/epoch %d, trainable encoder params %d",
+             len(examples), steps_per_epoch, sum(p.numel() for p in enc_params))
+
+    history = []
+    best = None
+    t0 = time.time()
+    step = 0
+    for epoch in range(r.epochs):
+        net.train()
+        running = 0.0
+        for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
+            _, raw = net(ids, mask)
+            loss = torch.nn.functional.mse_loss(raw, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            running += loss.item()
+            if (i + 1) % 100 == 0:
+                log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
+                         steps_per_epoch, running / 100, time.time() - t0)
+                running = 0.0
+        metrics = dev_metrics(net, tokenizer, dev_rows)
+        metrics.update(epoch=epoch + 1, elapsed_s=round(time.time() - t0, 1))
+        history.append(metrics)
+        log.info("dev after epoch %d: %s", epoch + 1, json.dumps(metrics))
+        if best is None or metrics["selection"] > best["selection"]:
+            best = metrics
+            save_checkpoint(net, base, out_dir / "checkpoint")
+    summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"],
+               "wall_time_s": round(time.time() - t0, 1), "threads": r.threads,
+               "torch": torch.__version__}
+    (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2))
+    return summary

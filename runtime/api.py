@@ -1,0 +1,139 @@
+"""The public API: ``RewardModel`` with neural-txt's ``NeuralTxtReward`` method names and argument
+order, so switching is a one-line import change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rewardrt.runtime.scorer import Scorer
+from rewardrt.runtime.session import make_session
+from rewardrt.runtime.spec import ArtifactSpec, spec_from_metadata
+from rewardrt.runtime.tokenizer import load_tokenizer
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class RankedResponse:
+    index: int  # 0-based position in the responses given to ``rank``
+    response: str
+    score: float
+
+
+def _check_texts(name: str, values: Sequence[str]) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list of str, got {type(values).__name__}")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be str, got {type(v).__name__}")
+    return out
+
+
+def normalize_references(responses: Sequence[str], reference: str | Sequence[str]) -> list[str]:
+    """One reference per response: a single str is repeated; a list must match in length."""
+    responses = _check_texts("responses", responses)
+    if isinstance(reference, str):
+        return [reference] * len(responses)
+    references = _check_texts("reference", reference)
+    if len(references) != len(responses):
+        raise ValueError(
+            f"reference must be one str or one per response; got {len(references)} references "
+            f"for {len(responses)} responses"
+        )
+    return references
+
+
+def build_texts(responses: Sequence[str], references: Sequence[str]) -> list[str]:
+    """The model's single input sequence per pair: ``f"{reference} [SEP] {response}"``."""
+    return [f"{ref} [SEP] {resp}" for resp, ref in zip(responses, references)]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+class RewardModel:
+    """Scores responses against reference answers on [0, 1] with an exported rewardrt model.
+
+    ``path``: a self-contained .onnx written by ``rewardrt export`` (None: the embedded default).
+    ``threads``: intra-op threads (None: the cores available to this process).
+    ``max_length``: truncate inputs to fewer tokens than the artifact's own max_length (None: keep).
+
+    One instance may be shared by many threads; calls do not mutate it.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, threads: int | None = None,
+                 max_length: int | None = None) -> None:
+        if path is None:
+            from rewardrt.models import default_model_path
+
+            path = default_model_path()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"the embedded default model {str(path)!r} is not installed; pass the path of "
+                    "an artifact written by `rewardrt export`"
+                )
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+        self.path = Path(path)
+        session = make_session(self.path, threads)
+        meta = session.get_modelmeta().custom_metadata_map
+        spec, tokenizer_json = spec_from_metadata(meta, str(self.path))
+        if max_length is not None:
+            if not isinstance(max_length, int) or isinstance(max_length, bool) or not 3 <= max_length <= spec.max_length:
+                raise ValueError(
+                    f"max_length must be an int in [3, {spec.max_length}] for this model, got {max_length!r}"
+                )
+        self.max_length = max_length or spec.max_length
+        tokenizer = load_tokenizer(tokenizer_json, self.max_length, str(self.path))
+        self._scorer = Scorer(session, tokenizer, spec, str(self.path))
+
+    @property
+    def spec(self) -> ArtifactSpec:
+        """What the artifact says about itself (precision, fidelity at export, versions…)."""
+        return self._scorer.spec
+
+    def score(self, response: str, reference: str) -> float:
+        """Score one response against a reference answer on a 0-1 scale."""
+        if not isinstance(response, str):
+            raise TypeError(f"response must be str, got {type(response).__name__}")
+        if not isinstance(reference, str):
+            raise TypeError(f"reference must be str, got {type(reference).__name__}")
+        return self.batch_score([response], reference)[0]
+
+    def batch_score(self, responses: Sequence[str], reference: str | Sequence[str],
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
+        """Scores of ``responses`` against one reference (str) or one reference per response.
+
+        Order is preserved. ``batch_size`` caps the rows per forward pass; the rows are grouped by
+        length first, which changes speed, never scores.
+        """
+        return self._run(responses, reference, batch_size, "score")
+
+    def raw_scores(self, responses: Sequence[str], reference: str | Sequence[str],
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
+        """The head's output before the [0, 1] clamp (for parity checks and calibration)."""
+        return self._run(responses, reference, batch_size, "raw_score")
+
+    def rank(self, responses: Sequence[str], reference: str | Sequence[str]) -> list[RankedResponse]:
+        """Responses with their scores, highest first (ties keep input order)."""
+        scores = self.batch_score(responses, reference)
+        ranked = [RankedResponse(i, r, s) for i, (r, s) in enumerate(zip(responses, scores))]
+        return sorted(ranked, key=lambda item: item.score, reverse=True)
+
+    def _run(self, responses, reference, batch_size: int, output: str) -> list[float]:
+        _check_batch_size(batch_size)
+        references = normalize_references(responses, reference)
+        if not references:
+            return []
+        texts = build_texts(responses, references)
+        return self._scorer.run(texts, batch_size, output).tolist()
+
+    def __repr__(self) -> str:
+        return f"RewardModel(path={str(self.path)!r}, precision={self.spec.precision!r})"

@@ -1,0 +1,5 @@
+import sys
+
+from rewardrt.cli import main
+
+sys.exit(main())

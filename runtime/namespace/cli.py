@@ -1,0 +1,51 @@
+"""The ``rewardrt`` command. Subcommands register themselves from their own side of the project;
+heavy imports (torch) happen only when an export-side subcommand actually runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXTRA_FOR = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
+             "scipy": "eval", "matplotlib": "bench", "tqdm": "bench", "psutil": "bench"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rewardrt import __version__
+    from rewardrt.export import cli as export_cli
+    from rewardrt.models import cli as models_cli
+    from rewardrt.runtime import cli as runtime_cli
+
+    parser = argparse.ArgumentParser(prog="rewardrt", description="Fast torch-free CPU reward scoring.")
+    parser.add_argument("--version", action="version", version=f"rewardrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runtime_cli.add_parsers(sub)
+    export_cli.add_parser(sub)
+    models_cli.add_parsers(sub)
+    try:
+        from rewardrt.bench import cli as bench_cli
+    except ImportError:  # pragma: no cover - bench is part of every install, its deps are not
+        bench_cli = None
+    if bench_cli is not None:
+        bench_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_FOR.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `rewardrt {args.command}` needs {exc.name!r}; pip install 'rewardrt[{extra}]'",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The one place an onnxruntime session is made: CPU provider explicit, threads set, graph
+optimisation chosen on purpose, and the providers actually granted checked afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from rewardrt.runtime.spec import ArtifactError
+
+log = logging.getLogger(__name__)
+PROVIDER = "CPUExecutionProvider"
+
+
+def default_threads() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session on ``path``.
+
+    ``threads`` sets intra-op parallelism (default: the cores available to this process). Use 1 per
+    process when you run several scorer processes side by side (e.g. one per Ray actor or server
+    worker), so they do not oversubscribe the cores.
+    """
+    path = Path(path)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Exported graphs are already fused offline; ENABLE_ALL adds the CPU layout passes on top.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=[PROVIDER])
+    except Exception as exc:  # onnxruntime raises several of its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"cannot load model file {str(path)!r} with onnxruntime: {first}") from exc
+    granted = session.get_providers()
+    if granted[:1] != [PROVIDER]:
+        raise RuntimeError(f"onnxruntime granted providers {granted}, expected {PROVIDER}")
+    return session

@@ -1,0 +1,87 @@
+"""Fixtures: tiny random BERT checkpoints in the neuraltxt-reward-tiny layout, exported once per
+session. The real packaged MiniLM is used only by tests marked ``slow``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def make_checkpoint(out: Path, *, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
+                    head_scale: float = 1.0) -> Path:
+    """A random BERT (real MiniLM vocabulary and tokenizer) plus a head whose raw outputs spread
+    over roughly [0, 1], so the clamp does not hide differences."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from rewardrt.models.base import base_model_dir
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * hidden,
+                        max_position_embeddings=512)
+    BertModel(config).eval().save_pretrained(str(out), safe_serialization=True)
+    base = base_model_dir(verify=False)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(base / name, out / name)
+    weight = torch.randn(1, 2 * hidden) * (head_scale * 0.25 / (2 * hidden) ** 0.5)
+    torch.save({"1.weight": weight, "1.bias": torch.tensor([0.5])}, out / "head_weights.pt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from rewardrt.export.pairs import find_data_dir
+
+    return find_data_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _export(checkpoint: Path, out: Path, precision: str, data_dir: Path):
+    from rewardrt.export.exporter import ExportConfig, export
+
+    cfg = ExportConfig(precision=precision, data_dir=str(data_dir), validation_size=300,
+                       calibration_size=64)
+    return export(checkpoint, out, cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32(tiny_checkpoint, tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("fp32") / "tiny.fp32.onnx"
+    report = _export(tiny_checkpoint, out, "fp32", data_dir)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_checkpoint, tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
+    report = _export(tiny_checkpoint, out, "int8", data_dir)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_checkpoint):
+    from rewardrt.export.reference import TorchReward
+
+    return TorchReward(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def dev_pairs(data_dir):
+    import json
+
+    rows = [json.loads(line) for line in open(data_dir / "pairs-dev.jsonl", encoding="utf-8")]
+    return [r["a"] for r in rows[::7]], [r["b"] for r in rows[::7]]

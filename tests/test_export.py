@@ -1,0 +1,140 @@
+"""Export: one graph, parity with the torch reference, the INT8 gate, refusals, atomic writes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from rewardrt.export.errors import CheckpointError, FidelityError
+from rewardrt.export.exporter import ExportConfig, FidelityBudget, export
+from rewardrt.runtime import RewardModel
+from rewardrt.runtime.spec import KEY_SPEC, KEY_TOKENIZER
+
+
+def _ops(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_fp32_graph_matches_torch_raw(tiny_fp32, tiny_reference, dev_pairs):
+    path, report = tiny_fp32
+    refs, resps = dev_pairs
+    ours = np.array(RewardModel(path).raw_scores(resps, refs))
+    theirs = np.array(tiny_reference.raw_scores(resps, refs))
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert report.passed and report.max_raw_abs_diff <= 1e-4
+
+
+def test_one_graph_with_fused_ops_and_two_outputs(tiny_fp32):
+    path, report = tiny_fp32
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in model.graph.output] == ["score", "raw_score"]
+    ops = _ops(path)
+    assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] == 4 and ops["BiasGelu"] == 2
+    assert report.fused_ops["Attention"] == 2
+
+
+def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs):
+    path, report = tiny_int8
+    refs, resps = dev_pairs
+    ours = np.array(RewardModel(path).batch_score(resps, refs))
+    theirs = np.array(tiny_reference.batch_score(resps, refs))
+    diff = np.abs(ours - theirs)
+    assert diff.mean() <= 0.01 and diff.max() <= 0.05
+    ops = _ops(path)
+    assert ops["MatMulIntegerToFloat"] + ops["MatMulNBits"] >= 1
+    assert ops["MatMulIntegerToFloat"] == report.plan.get("token", 0)
+    assert ops["MatMulNBits"] == report.plan.get("block", 0)
+    inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
+
+
+def test_metadata_makes_the_file_self_contained(tiny_int8, tiny_checkpoint):
+    path, _ = tiny_int8
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    spec = json.loads(meta[KEY_SPEC])
+    assert spec["precision"] == "int8" and spec["max_length"] == 512
+    assert spec["template"] == "{reference} [SEP] {response}"
+    assert spec["fidelity"]["mean_abs_diff"] <= 0.01 and "budget" in spec["fidelity"]
+    assert spec["quantization"]["plan"] and spec["versions"]["onnxruntime"]
+    assert json.loads(meta[KEY_TOKENIZER])["model"]["type"] == "WordPiece"
+    from rewardrt.export.checkpoint import locate
+
+    assert spec["checkpoint_digest"] == locate(tiny_checkpoint).digest()
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_missing_files(tiny_checkpoint, tmp_path, data_dir):
+    bad = _copy(tiny_checkpoint, tmp_path / "ck")
+    (bad / "head_weights.pt").unlink()
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing tokenizer\.json, head_weights\.pt"):
+        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_refuses_wrong_head_width(tiny_checkpoint, tmp_path, data_dir):
+    bad = _copy(tiny_checkpoint, tmp_path / "ck")
+    torch.save({"1.weight": torch.zeros(1, 32), "1.bias": torch.zeros(1)}, bad / "head_weights.pt")
+    with pytest.raises(CheckpointError, match=r"expected \(1, 64\)"):
+        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+
+
+def test_refuses_non_bert(tiny_checkpoint, tmp_path, data_dir):
+    bad = _copy(tiny_checkpoint, tmp_path / "ck")
+    config = json.loads((bad / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="model_type 'gpt2'"):
+        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+
+
+def test_refuses_unreadable_weights(tiny_checkpoint, tmp_path, data_dir):
+    bad = _copy(tiny_checkpoint, tmp_path / "ck")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot load encoder weights"):
+        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+
+
+def test_refuses_pickled_code_in_head(tiny_checkpoint, tmp_path, data_dir):
+    bad = _copy(tiny_checkpoint, tmp_path / "ck")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"1.weight": Evil(), "1.bias": torch.zeros(1)}, bad / "head_weights.pt")
+    with pytest.raises(CheckpointError, match="only tensor state dicts"):
+        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+    assert not marker.exists()
+
+
+def test_over_budget_writes_nothing_and_keeps_previous_file(tiny_checkpoint, tmp_path, data_dir):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous")
+    impossible = FidelityBudget(max_mean_abs=0.0, max_abs=0.0, min_spearman=1.0, min_agreement=1.0)
+    cfg = ExportConfig(precision="int8", data_dir=str(data_dir), validation_size=50,
+                       calibration_size=16, budget=impossible)
+    with pytest.raises(FidelityError, match="over its fidelity budget") as info:
+        export(tiny_checkpoint, out, cfg)
+    assert info.value.report is not None and not info.value.report.passed
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ExportConfig(precision="int4")
+    with pytest.raises(ValueError, match="max_length"):
+        ExportConfig(max_length=1)
