@@ -73,7 +73,8 @@ class ExportConfig:
     validation_size: int | None = None     # None: every dev pair
     budget: FidelityBudget = field(default_factory=FidelityBudget)
     search_margin: float = 0.6             # the search aims at this fraction of the budget
-    smooth_alpha: float | None = 0.5
+    smooth_alpha: float | None = 0.5       # SmoothQuant strength for integer-GEMM MatMuls
+    outlier_channels: int = 8              # input channels per MatMul that may stay fp32
     block_size: int = 32
     threads: int | None = None
 
@@ -88,6 +89,10 @@ class ExportConfig:
             raise ValueError(f"validation_size must be >= 8 or None, got {self.validation_size}")
         if not 0 < self.search_margin <= 1:
             raise ValueError(f"search_margin must be in (0, 1], got {self.search_margin}")
+        if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
+            raise ValueError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
+        if not 0 <= self.outlier_channels <= 64:
+            raise ValueError(f"outlier_channels must be in [0, 64], got {self.outlier_channels}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
 
@@ -188,6 +193,14 @@ def _activation_absmax(model: onnx.ModelProto, pairs: Pairs, tokenizer_json: str
     return {name: absmax[t] for name, t in inputs.items()}
 
 
+def _quantized(fp32: onnx.ModelProto, plan: dict[str, str], cfg: ExportConfig,
+               absmax: dict[str, np.ndarray]) -> onnx.ModelProto:
+    model = quantize.apply_plan(fp32, plan, cfg.block_size, absmax, cfg.smooth_alpha,
+                                outliers=cfg.outlier_channels)
+    quantize.quantize_embedding_tables(model)
+    return model
+
+
 def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg: ExportConfig,
                 spec: ArtifactSpec, tokenizer_json: str, workdir: Path,
                 ) -> tuple[dict[str, str], dict, dict[str, np.ndarray]]:
@@ -203,8 +216,7 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
     absmax = _activation_absmax(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
 
     def trial(plan: dict[str, str], tag: str) -> Fidelity:
-        model = quantize.apply_plan(fp32, plan, cfg.block_size, absmax, cfg.smooth_alpha)
-        quantize.quantize_embedding_tables(model)
+        model = _quantized(fp32, plan, cfg, absmax)
         _set_metadata(model, spec, tokenizer_json)
         path = workdir / f"trial-{tag}.onnx"
         _write(model, path)
@@ -282,11 +294,12 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             cal = calibration_pairs(data_dir, cfg.calibration_size)
             cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
             plan, quant_info, absmax = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json, work)
-            model = quantize.apply_plan(model, plan, cfg.block_size, absmax, cfg.smooth_alpha)
-            tables = quantize.quantize_embedding_tables(model)
+            model = _quantized(model, plan, cfg, absmax)
+            tables = quantize.int8_tables(model)
             counts_plan = {k: list(plan.values()).count(k) for k in set(plan.values())}
             quant_info.update(plan=plan, plan_counts=counts_plan, int8_embedding_tables=tables,
                               block_size=cfg.block_size, smooth_alpha=cfg.smooth_alpha,
+                              outlier_channels=cfg.outlier_channels,
                               activation_scales="per token (row), symmetric int8, computed at run time",
                               weight_scales="per output channel (token) / per block (block)")
         else:

@@ -96,21 +96,36 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
 
 
 def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str,
-                          graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """x·W from the quantized activation: int8 weights per output channel, then the row scale."""
+                          graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None) -> list[onnx.NodeProto]:
+    """x·W from the quantized activation: int8 weights per output channel, then the row scale.
+
+    ``outliers`` = (fp32 activation columns tensor, their channel indices): those input channels
+    were zeroed before quantization and are multiplied here in fp32 with their weight rows."""
     p = node.name or node.output[0]
+    mk = helper.make_node
+    tail: list[onnx.NodeProto] = []
+    y = node.output[0]
+    if outliers is not None:
+        cols, idx = outliers
+        _const(graph, f"{p}.w_outliers", w[idx].astype(np.float32))
+        w = w.copy()
+        w[idx] = 0.0
+        tail = [
+            mk("MatMul", [cols, f"{p}.w_outliers"], [f"{p}.y_outliers"], name=f"{p}.OutlierMatMul"),
+            mk("Add", [f"{p}.y_int", f"{p}.y_outliers"], [y], name=f"{p}.OutlierAdd"),
+        ]
+        y = f"{p}.y_int"
     w_absmax = np.abs(w).max(axis=0)
     w_scale = np.where(w_absmax > 0, w_absmax / 127.0, 1.0).astype(np.float32)
     _const(graph, f"{p}.wq", np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8))
     _const(graph, f"{p}.wscale", w_scale)
     _const(graph, f"{p}.one", np.array(1.0, dtype=np.float32))
     _const(graph, f"{p}.zp", np.array(128, dtype=np.uint8))
-    mk = helper.make_node
     return [
         mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],
            [f"{p}.yq"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloat"),
-        mk("Mul", [f"{p}.yq", ascale], [node.output[0]], name=f"{p}.RowScale"),
-    ]
+        mk("Mul", [f"{p}.yq", ascale], [y], name=f"{p}.RowScale"),
+    ] + tail
 
 
 def smoothing_factors(act_absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
@@ -122,12 +137,15 @@ def smoothing_factors(act_absmax: np.ndarray, w: np.ndarray, alpha: float) -> np
 
 def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int = 32,
                act_absmax: Mapping[str, np.ndarray] | None = None,
-               alpha: float | None = None) -> onnx.ModelProto:
+               alpha: float | None = None, outliers: int = 0,
+               outlier_ratio: float = 6.0) -> onnx.ModelProto:
     """A copy of ``model`` with each MatMul named in ``plan`` rewritten by its scheme.
 
     MatMuls of the ``token`` scheme that read the same activation (Q, K and V) share one
     quantization of it. ``act_absmax`` (per MatMul: per-channel max |activation| on calibration
-    data) with ``alpha`` turns on SmoothQuant-style smoothing for them."""
+    data) with ``alpha`` turns on SmoothQuant-style smoothing for them; with ``outliers`` > 0, up to
+    that many input channels whose calibration max exceeds ``outlier_ratio`` x the median channel's
+    stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale."""
     unknown = {s for s in plan.values() if s not in SCHEMES}
     if unknown:
         raise ValueError(f"plan uses unknown schemes {sorted(unknown)}; known: {SCHEMES}")
@@ -145,16 +163,30 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     for n in token:
         groups.setdefault(n.input[0], []).append(n)
     inv_smooth: dict[str, np.ndarray | None] = {}
+    outlier_idx: dict[str, np.ndarray] = {}
     for x, members in groups.items():
         inv_smooth[x] = None
+        if outliers > 0 and act_absmax is not None and members[0].name in act_absmax:
+            a = act_absmax[members[0].name]
+            top = np.argsort(-a)[:outliers]
+            top = np.sort(top[a[top] > outlier_ratio * np.median(a)])
+            if top.size:
+                outlier_idx[x] = top
         if alpha is not None and act_absmax is not None and members[0].name in act_absmax:
             stacked = np.concatenate([weights[m.name] for m in members], axis=1)
             s = smoothing_factors(act_absmax[members[0].name], stacked, alpha)
+            if x in outlier_idx:  # outlier channels go the fp32 way, unsmoothed
+                s[outlier_idx[x]] = 1.0
             for m in members:
                 weights[m.name] = weights[m.name] * s[:, None]
             inv_smooth[x] = 1.0 / s
+        if x in outlier_idx:  # zero the outlier channels in the integer path
+            keep = np.ones(weights[members[0].name].shape[0], dtype=np.float32)
+            keep[outlier_idx[x]] = 0.0
+            inv_smooth[x] = keep if inv_smooth[x] is None else inv_smooth[x] * keep
     new_nodes: list[onnx.NodeProto] = []
     quantized: dict[str, tuple[str, str]] = {}
+    outlier_cols: dict[str, tuple[str, np.ndarray]] = {}
     block_nodes = []
     for node in graph.node:
         scheme = plan.get(node.name, "fp32") if node.name in sites else "fp32"
@@ -165,7 +197,14 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                 nodes, xq, ascale = _quantize_activation_nodes(x, prefix, graph, opset, inv_smooth[x])
                 new_nodes.extend(nodes)
                 quantized[x] = (xq, ascale)
-            new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[x], graph))
+                if x in outlier_idx:
+                    _const(graph, f"{prefix}.outlier_idx", outlier_idx[x].astype(np.int64))
+                    new_nodes.append(helper.make_node(
+                        "Gather", [x, f"{prefix}.outlier_idx"], [f"{prefix}.outlier_cols"], axis=-1,
+                        name=f"{prefix}.OutlierGather"))
+                    outlier_cols[x] = (f"{prefix}.outlier_cols", outlier_idx[x])
+            new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[x], graph,
+                                                   outlier_cols.get(x)))
             continue
         if scheme == "block":
             block_nodes.append(node.name)
@@ -240,3 +279,9 @@ def quantize_embedding_tables(model: onnx.ModelProto, min_rows: int = 1000) -> l
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return done
+
+
+def int8_tables(model: onnx.ModelProto) -> list[str]:
+    """Names of the embedding tables stored as int8 rows by :func:`quantize_embedding_tables`."""
+    return [t.name[: -len(".q")] for t in model.graph.initializer
+            if t.name.endswith(".q") and t.data_type == TensorProto.INT8]

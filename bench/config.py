@@ -1,0 +1,118 @@
+"""What a bench run measures: the quick and full plans, and the checks on command-line values.
+
+Stdlib only, so ``rewardrt --help`` stays fast: the CLI uses the parsers here as argparse types.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """How much of each workload one run measures. Sizes are per engine, per round, per thread count."""
+
+    mode: str
+    rounds: int                      # alternating rounds over all engines
+    lengths: tuple[int, ...]         # batch-1 latency: total tokens of "reference [SEP] response"
+    latency_calls: int               # distinct texts per length, each scored once per round
+    batches: tuple[int, ...]         # throughput: the caller's batch size
+    throughput_pairs: int            # dev pairs per batch size per round
+    rl_steps: int                    # RL steps per round, one batch_score call each
+    rl_groups: int                   # GRPO groups (of 8 samples sharing a reference) per step
+    cold_repeats: int                # fresh processes per engine
+    fidelity_pairs: int | None       # dev pairs scored by every engine (None: all of them)
+    swap_per_rule: int               # one-word-swap probes per edit rule
+    export_validation: int | None    # ExportConfig.validation_size for the artifacts we export
+    export_calibration: int          # ExportConfig.calibration_size
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
+        if not self.lengths or min(self.lengths) < 16 or max(self.lengths) > 512:
+            raise ValueError(f"latency lengths must lie in [16, 512] tokens, got {self.lengths}")
+
+
+QUICK = BenchPlan(
+    mode="quick", rounds=2, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
+    throughput_pairs=64, rl_steps=1, rl_groups=2, cold_repeats=1, fidelity_pairs=500,
+    swap_per_rule=40, export_validation=64, export_calibration=32,
+)
+FULL = BenchPlan(
+    mode="full", rounds=5, lengths=(32, 64, 128, 256, 512), latency_calls=8, batches=(8, 32, 64),
+    throughput_pairs=192, rl_steps=1, rl_groups=8, cold_repeats=3, fidelity_pairs=None,
+    swap_per_rule=300, export_validation=None, export_calibration=256,
+)
+GROUP_SIZE = 8  # GRPO samples per prompt, all scored against the same reference
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """``"1,2"`` -> (1, 2): distinct positive thread counts, ascending."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"--threads must be a comma-separated list of positive ints such as 1,2; got {text!r}")
+    return tuple(sorted(set(values)))
+
+
+def parse_rounds(text: str | int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise ValueError(f"--rounds must be a positive int, got {text!r}")
+    return value
+
+
+def argparse_type(parser):
+    """Wrap a parser above so argparse reports its message under the argument's name."""
+
+    def convert(text: str):
+        try:
+            return parser(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = parser.__name__.removeprefix("parse_")
+    return convert
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    plan: BenchPlan
+    threads: tuple[int, ...]
+    out: Path
+    checkpoint: Path | None
+    data_dir: str | None
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BenchConfig":
+        """Check every value a caller (the CLI or a test) put in ``args``; errors name the option."""
+        plan = QUICK if getattr(args, "quick", False) else FULL
+        rounds = getattr(args, "rounds", None)
+        if rounds is not None:
+            plan = replace(plan, rounds=parse_rounds(rounds))
+        threads = getattr(args, "threads", None)
+        threads = parse_threads(",".join(map(str, threads)) if isinstance(threads, (tuple, list))
+                                else threads if threads is not None else "1,2")
+        out = Path(getattr(args, "out", None) or "bench-results")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; give a folder for the results")
+        checkpoint = getattr(args, "checkpoint", None)
+        if checkpoint is not None:
+            checkpoint = Path(checkpoint)
+            if not checkpoint.is_dir():
+                raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} is not a folder; give a "
+                                        "checkpoint in the neuraltxt-reward-tiny layout")
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise FileNotFoundError(f"--data-dir {data_dir!r} is not a folder; give the folder holding "
+                                    "pairs-train.jsonl and pairs-dev.jsonl")
+        return cls(plan=plan, threads=threads, out=out, checkpoint=checkpoint, data_dir=data_dir,
+                   progress=not getattr(args, "no_progress", False))

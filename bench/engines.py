@@ -1,0 +1,164 @@
+"""The engines compared, and how a worker process loads and calls each one.
+
+Every engine answers the same two calls, ``score_one`` (batch-1 latency) and ``batch_score``, and
+runs in a process of its own (rewardrt.bench.worker), so the ORT engines never import torch.
+Heavy imports happen inside ``load`` only.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+REFERENCE = "torch-ref"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    label: str
+    kind: str                        # torch | torch-dynq | ort-plain | rewardrt
+    needs: tuple[str, ...]           # distributions a user installs to score with it
+    how: str                         # one line for the report
+
+
+ENGINES: tuple[EngineInfo, ...] = (
+    EngineInfo(REFERENCE, "PyTorch reference (fp32 eager)", "torch",
+               ("torch", "transformers", "tokenizers", "safetensors", "numpy"),
+               "neural-txt's NeuralTxtReward path: transformers tokenizer, fp32 eager, batches of 64 "
+               "in input order padded to the longest"),
+    EngineInfo("torch-dynq", "PyTorch dynamic INT8", "torch-dynq",
+               ("torch", "transformers", "tokenizers", "safetensors", "numpy"),
+               "the reference with torch.ao.quantization.quantize_dynamic(net, {Linear}, qint8)"),
+    EngineInfo("ort-fp32", "ONNX Runtime fp32 (plain export)", "ort-plain",
+               ("onnxruntime", "tokenizers", "numpy"),
+               "the torch net traced to ONNX as is; batches of 64 in input order padded to the longest"),
+    EngineInfo("ort-int8", "ONNX Runtime INT8 (quantize_dynamic)", "ort-plain",
+               ("onnxruntime", "tokenizers", "numpy"),
+               "the traced graph through onnxruntime.quantization.quantize_dynamic (QInt8, per channel)"),
+    EngineInfo("rewardrt-fp32", "rewardrt fp32", "rewardrt", ("rewardrt",),
+               "rewardrt.RewardModel on the fused fp32 artifact"),
+    EngineInfo("rewardrt-int8", "rewardrt INT8", "rewardrt", ("rewardrt",),
+               "rewardrt.RewardModel on the INT8 artifact (searched per-MatMul plan)"),
+)
+BY_NAME = {e.name: e for e in ENGINES}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to load one engine (JSON-serialisable)."""
+
+    name: str
+    kind: str
+    model: str                       # checkpoint folder (torch kinds) or .onnx file
+    tokenizer: str = ""              # tokenizer.json (ort-plain only)
+    max_length: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LoadedEngine:
+    """Common calls over the four kinds; ``references`` and ``responses`` are parallel lists."""
+
+    def score_one(self, reference: str, response: str) -> float:
+        return self.batch_score([reference], [response], 1)[0]
+
+    def batch_score(self, references: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
+        raise NotImplementedError
+
+    def set_threads(self, threads: int) -> None:
+        raise NotImplementedError
+
+
+class TorchEngine(LoadedEngine):
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        import torch
+
+        from rewardrt.export.reference import TorchReward
+
+        torch.set_num_threads(threads)
+        self.model = TorchReward(spec.model, max_length=spec.max_length)
+        if spec.kind == "torch-dynq":
+            from torch.ao.quantization import quantize_dynamic
+
+            self.model.net = quantize_dynamic(self.model.net, {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+    def score_one(self, reference: str, response: str) -> float:
+        return self.model.score(response, reference)
+
+    def batch_score(self, references, responses, batch_size):
+        return self.model.batch_score(list(responses), list(references), batch_size=batch_size)
+
+    def set_threads(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class PlainOrtEngine(LoadedEngine):
+    """An ONNX graph exported by hand: tokenizers + a default CPU session, batches in input order."""
+
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        self.tokenizer = Tokenizer.from_file(spec.tokenizer)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(spec.max_length)
+        self.session = None
+        self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        import onnxruntime as ort
+
+        self.session = None
+        gc.collect()  # drop the old session first, so peak RSS never holds two
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(self.spec.model, sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def batch_score(self, references, responses, batch_size):
+        from rewardrt.runtime.tokenizer import encode, pad
+
+        texts = [f"{ref} [SEP] {resp}" for ref, resp in zip(references, responses)]
+        out: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = pad(encode(self.tokenizer, texts[start : start + batch_size]))
+            feed = {"input_ids": ids, "attention_mask": mask}
+            (scores,) = self.session.run(["score"], {n: feed[n] for n in self.inputs})
+            out.extend(float(v) for v in scores)
+        return out
+
+
+class RewardrtEngine(LoadedEngine):
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        self.spec = spec
+        self.model = None
+        self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        from rewardrt.runtime import RewardModel
+
+        self.model = None
+        gc.collect()
+        self.model = RewardModel(self.spec.model, threads=threads)
+
+    def score_one(self, reference: str, response: str) -> float:
+        return self.model.score(response, reference)
+
+    def batch_score(self, references, responses, batch_size):
+        return self.model.batch_score(list(responses), list(references), batch_size=batch_size)
+
+
+def load(spec: EngineSpec, threads: int) -> LoadedEngine:
+    if spec.kind in ("torch", "torch-dynq"):
+        return TorchEngine(spec, threads)
+    if spec.kind == "ort-plain":
+        return PlainOrtEngine(spec, threads)
+    if spec.kind == "rewardrt":
+        return RewardrtEngine(spec, threads)
+    raise ValueError(f"engine kind must be torch, torch-dynq, ort-plain or rewardrt, got {spec.kind!r}")

@@ -1,0 +1,99 @@
+"""``make demo``: score with the embedded default model torch-free, then export a checkpoint to a
+verified INT8 artifact and score with it in a process where torch cannot be imported."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+PAIRS = [
+    ("The capital of France is Paris.", "Paris is France's capital."),
+    ("The capital of France is Paris.", "The capital of France is Lyon."),
+    ("Water boils at 100 degrees Celsius at sea level.", "At sea level water boils at 100 °C."),
+    ("Water boils at 100 degrees Celsius at sea level.", "Water does not boil at 100 degrees Celsius."),
+    ("Attention is all you need.", "All you need is attention."),
+]
+WORK = Path(".artifacts/demo")
+
+TORCH_FREE = """
+import sys, json
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "onnx"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+from rewardrt import RewardModel
+model = RewardModel(sys.argv[1] if len(sys.argv) > 1 else None)
+pairs = json.loads(sys.stdin.read())
+scores = model.batch_score([b for a, b in pairs], [a for a, b in pairs])
+print(f"  model: {model.path.name} ({model.spec.precision}); torch imported: {'torch' in sys.modules}")
+for (a, b), s in zip(pairs, scores):
+    print(f"  {s:.3f}  {a!r} vs {b!r}")
+"""
+
+
+def torch_free_scores(model_path: Path | None) -> None:
+    import json
+
+    args = [sys.executable, "-c", textwrap.dedent(TORCH_FREE)] + ([str(model_path)] if model_path else [])
+    out = subprocess.run(args, input=json.dumps(PAIRS), capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise SystemExit(f"torch-free scoring failed:\n{out.stderr}")
+    print(out.stdout, end="")
+
+
+def demo_checkpoint() -> tuple[Path, str]:
+    """The default model's fp32 checkpoint if it ships, else the packaged MiniLM with a test head."""
+    from rewardrt.models import model_dir
+
+    delta = model_dir() / "delta.safetensors"
+    if delta.is_file():
+        from rewardrt.models.delta import materialize
+
+        out = Path(".artifacts/equiv-minilm-l6/materialized")
+        if not (out / "head_weights.pt").is_file():
+            materialize(delta, out)
+        return out, "the default model (materialized from base + shipped delta)"
+    import shutil
+
+    import torch
+
+    from rewardrt.models.base import BASE_FILES, base_model_dir
+
+    out = WORK / "minilm-test-head"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in BASE_FILES:
+        shutil.copy2(base_model_dir() / name, out / name)
+    g = torch.Generator().manual_seed(0)
+    torch.save({"1.weight": torch.randn(1, 768, generator=g) * 0.02, "1.bias": torch.tensor([0.5])},
+               out / "head_weights.pt")
+    return out, "packaged all-MiniLM-L6-v2 + a seeded test head (no default model yet)"
+
+
+def main() -> int:
+    from rewardrt.export.exporter import ExportConfig, export
+    from rewardrt.models import default_model_path
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("rewardrt").setLevel(logging.INFO)
+    if default_model_path().is_file():
+        print("1) the embedded default model, torch-free:")
+        torch_free_scores(None)
+    else:
+        print("1) no embedded default model in this build; skipping")
+    ckpt, what = demo_checkpoint()
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = WORK / "model.int8.onnx"
+    print(f"2) export {what}\n   {ckpt} -> {out} (INT8, plan search + fidelity gate)")
+    report = export(ckpt, out, ExportConfig(precision="int8", validation_size=600))
+    print(report.describe())
+    print("3) the fresh artifact, torch-free:")
+    torch_free_scores(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

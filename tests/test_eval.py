@@ -1,0 +1,69 @@
+"""Evaluation table pieces and the edit rules behind the swap probes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from rewardrt.runtime import edits
+from rewardrt.runtime.evaluate import evaluate, format_table, swap_probes, word_f1, word_f1_scorer
+from rewardrt.runtime.metrics import fidelity, roc_auc, spearman
+
+
+def test_word_f1():
+    assert word_f1("The cat sat.", "the cat sat") == 1.0
+    assert word_f1("a cat", "dog") == 0.0
+    assert word_f1("cat sat on mat", "cat sat") == pytest.approx(2 * 1 * 0.5 / 1.5)
+
+
+def test_rank_statistics():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    f = fidelity([0.1, 0.6, 0.9], [0.1, 0.4, 0.9])
+    assert f.max_abs_diff == pytest.approx(0.2) and f.agreement_at_half == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="equal-length"):
+        fidelity([0.1], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("rule,text,expected", [
+    (edits.negation_flip, "The man is playing a guitar.", "The man is not playing a guitar."),
+    (edits.negation_flip, "The man is not playing.", "The man is playing."),
+    (edits.antonym_swap, "The water is hot.", "The water is cold."),
+    (edits.synonym_swap, "A big dog.", "A large dog."),
+    (edits.reorder_clauses, "A man is cooking food and a woman is reading a book.",
+     "A woman is reading a book and a man is cooking food."),
+])
+def test_edit_rules(rule, text, expected):
+    assert rule(text, random.Random(0)) == expected
+
+
+def test_number_swap_changes_the_number():
+    out = edits.number_swap("He bought 3 apples.", random.Random(0))
+    assert out != "He bought 3 apples." and out.startswith("He bought ") and "3 " not in out
+
+
+def test_rules_that_do_not_apply_return_none():
+    assert edits.number_swap("No digits here.", random.Random(0)) is None
+    assert edits.antonym_swap("Zzz qqq.", random.Random(0)) is None
+
+
+def test_evaluate_table_on_word_f1():
+    rows = [
+        {"a": "A man plays guitar.", "b": "A man plays a guitar.", "source": "s", "similarity": 0.9},
+        {"a": "A man plays guitar.", "b": "A dog runs.", "source": "s", "similarity": 0.1},
+        {"a": "The black cat is big.", "b": "The black cat is small.", "source": "sick2014", "similarity": 0.6,
+         "entailment": "CONTRADICTION"},
+        {"a": "The cat is big.", "b": "The cat is large.", "source": "sick2014", "similarity": 0.9,
+         "entailment": "ENTAILMENT"},
+    ]
+    probes = swap_probes(rows, per_rule=5)
+    table = evaluate(rows, word_f1_scorer, probes)
+    assert table["spearman s"] == pytest.approx(1.0)
+    assert table["confound"] == 1.0  # word F1 is fooled: 0.75 > 0.7 for the contradiction
+    assert table["swap antonym drop"] > 0
+    text = format_table({"Word F1": table})
+    assert "| confound (lower is better) | 100.0% |" in text
+    assert not np.isnan(table["auc sick entail-vs-contra"])
