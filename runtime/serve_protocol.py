@@ -1,0 +1,161 @@
+"""Request bodies of ``rewardrt serve``, checked field by field (no web framework imported here).
+
+Every check raises :class:`RequestError` with the HTTP status, a short error type and one sentence
+naming the field or limit, which the app returns as ``{"error": ..., "error_type": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rewardrt.runtime.adapters import strip_prompt
+
+
+class RequestError(Exception):
+    """A request the server refuses: malformed, mistyped, or over a limit."""
+
+    def __init__(self, status: int, error_type: str, message: str, limit: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.limit = limit
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
+        if self.limit is not None:
+            body["limit"] = self.limit
+        return body
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_items: int  # texts per list in one request
+    max_chars: int  # characters per text
+
+
+@dataclass(frozen=True)
+class Rerank:
+    query: str
+    texts: list[str]
+    raw_scores: bool
+    return_text: bool
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of a request body; 400 when it is empty, not UTF-8 or not JSON."""
+    if not raw.strip():
+        raise RequestError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw.decode("utf-8-sig"))  # RFC 8259: UTF-8 (json.loads alone would guess UTF-16/32)
+    except UnicodeDecodeError:
+        raise RequestError(400, "invalid_json", "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, "invalid_json", f"the request body is not valid JSON: {exc.msg} "
+                                                f"(line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise RequestError(400, "invalid_json", "the request body nests JSON too deeply") from None
+
+
+def too_large(what: str, size: int, limit: int, flag: str) -> RequestError:
+    return RequestError(413, "limit_exceeded",
+                        f"{what} is {size}; this server accepts at most {limit} (--{flag.replace('_', '-')})",
+                        limit=flag)
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestError(422, "validation", f"the request body must be a JSON object, got {_kind(body)}")
+    return body
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _text(value: Any, name: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise RequestError(422, "validation", f"{name!r} must be a string, got {_kind(value)}")
+    if len(value) > limits.max_chars:
+        raise too_large(f"{name!r} length in characters", len(value), limits.max_chars, "max_chars")
+    return value
+
+
+def _texts(body: dict[str, Any], name: str, limits: Limits) -> list[str]:
+    if body.get(name) is None:
+        raise RequestError(422, "validation", f"missing field {name!r} (a list of strings)")
+    values = body[name]
+    if not isinstance(values, list):
+        raise RequestError(422, "validation", f"{name!r} must be a list of strings, got {_kind(values)}")
+    if len(values) > limits.max_items:
+        raise too_large(f"the number of items in {name!r}", len(values), limits.max_items, "max_items")
+    return [_text(v, f"{name}[{i}]", limits) for i, v in enumerate(values)]
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(422, "validation", f"{name!r} must be true or false, got {_kind(value)}")
+    return value
+
+
+def parse_score(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
+    """/score and /rank: ``{"reference", "responses"}`` or ``{"references", "responses"}``.
+
+    Returns (responses, one reference per response).
+    """
+    body = _object(body)
+    responses = _texts(body, "responses", limits)
+    has_one, has_many = body.get("reference") is not None, body.get("references") is not None
+    if has_one == has_many:
+        raise RequestError(422, "validation", "give exactly one of 'reference' (a string for all "
+                                              "responses) or 'references' (one string per response)")
+    if has_one:
+        return responses, [_text(body["reference"], "reference", limits)] * len(responses)
+    references = _texts(body, "references", limits)
+    if len(references) != len(responses):
+        raise RequestError(422, "validation", f"'references' has {len(references)} items for "
+                                              f"{len(responses)} responses; give one per response")
+    return responses, references
+
+
+def parse_get_reward(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
+    """/get_reward (OpenRLHF): ``{"query", "prompts", "labels"}`` -> (responses, references).
+
+    Each response is its query with the prompt prefix removed (see ``adapters.strip_prompt``);
+    ``prompts`` may be omitted (the whole query is then the response); ``labels`` are the references.
+    """
+    body = _object(body)
+    queries = _texts(body, "query", limits)
+    prompts = _texts(body, "prompts", limits) if body.get("prompts") is not None else None
+    if body.get("labels") is None:
+        raise RequestError(422, "validation", "missing field 'labels' (the reference answers, one per "
+                                              "query; set --label_key in OpenRLHF)")
+    labels = _texts(body, "labels", limits)
+    if prompts is not None and len(prompts) != len(queries):
+        raise RequestError(422, "validation", f"'prompts' has {len(prompts)} items for {len(queries)} "
+                                              "queries; give one per query")
+    if len(labels) != len(queries):
+        raise RequestError(422, "validation", f"'labels' has {len(labels)} items for {len(queries)} "
+                                              "queries; give one per query")
+    if prompts is None:
+        return list(queries), labels
+    return [strip_prompt(q, p) for q, p in zip(queries, prompts)], labels
+
+
+def parse_rerank(body: Any, limits: Limits) -> Rerank:
+    """/rerank (TEI): ``{"query", "texts", "raw_scores"?, "return_text"?}``; ``truncate`` and
+    ``truncation_direction`` are accepted and ignored (inputs are always truncated on the right)."""
+    body = _object(body)
+    if "query" not in body:
+        raise RequestError(422, "validation", "missing field 'query' (the reference text)")
+    query = _text(body["query"], "query", limits)
+    texts = _texts(body, "texts", limits)
+    if not texts:
+        raise RequestError(422, "validation", "'texts' cannot be empty")
+    return Rerank(query, texts, _flag(body, "raw_scores"), _flag(body, "return_text"))
