@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: $REWARDRT_DATA or ../shared/data)")
     p.add_argument("--validation-size", type=int, default=None,
                    help="dev pairs for the gate (default: all of them)")
-    p.add_argument("--calibration-size", type=int, default=256)
+    p.add_argument("--calibration-size", type=int, default=512,
+                   help="train pairs for the INT8 plan search (default 512, plus 1/16 as many long pairs)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 

@@ -68,23 +68,29 @@ def _read(path: Path) -> list[dict]:
 
 
 def calibration_pairs(data_dir: Path, n: int, seed: int = 0) -> Pairs:
+    """``n`` train pairs plus n/16 long ones: long inputs quantize differently, so the plan search
+    must see them too."""
     rows = _read(data_dir / TRAIN_FILE)
     random.Random(seed).shuffle(rows)
-    rows = rows[:n]
-    return Pairs([r["a"] for r in rows], [r["b"] for r in rows])
+    return _with_long(rows[:n], rows, max(2, n // 16), random.Random(seed + 1))
 
 
 def validation_pairs(data_dir: Path, n: int | None = None, n_long: int = LONG_PAIRS, seed: int = 1) -> Pairs:
-    """Dev pairs (all, or ``n`` of them) in both orders' first, plus ``n_long`` long pairs."""
+    """Dev pairs (all, or ``n`` of them) plus ``n_long`` long pairs."""
     rows = _read(data_dir / DEV_FILE)
     rng = random.Random(seed)
     if n is not None and n < len(rows):
         rows = rng.sample(rows, n)
+    return _with_long(rows, rows, n_long, rng)
+
+
+def _with_long(rows: list[dict], pool: list[dict], n_long: int, rng: random.Random) -> Pairs:
+    """``rows`` as pairs, then ``n_long`` pairs of a short text against 150-700 words joined from
+    ``pool`` (alternating which side is long), reaching the 512-token truncation."""
     refs = [r["a"] for r in rows]
     resps = [r["b"] for r in rows]
-    sentences = [r["b"] for r in rows]
+    sentences = [r["b"] for r in pool]
     for i in range(n_long):
-        # a short reference against a long response, or the other way round, 150-700 words
         words = rng.randint(150, 700)
         text, count = [], 0
         while count < words:
@@ -92,7 +98,7 @@ def validation_pairs(data_dir: Path, n: int | None = None, n_long: int = LONG_PA
             text.append(s)
             count += len(s.split())
         long_text = " ".join(text)
-        short = rows[i % len(rows)]["a"]
+        short = pool[i % len(pool)]["a"]
         refs.append(short if i % 2 == 0 else long_text)
         resps.append(long_text if i % 2 == 0 else short)
     return Pairs(refs, resps)

@@ -95,12 +95,42 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
     return nodes, f"{p}.xq", f"{p}.ascale"
 
 
+def gptq_int8(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """int8 codes of ``w`` [K, N] on the per-column grid ``scale`` [N], rounded GPTQ-style.
+
+    Rounding input rows one at a time and spreading each row's error over the rows not yet rounded,
+    weighted by the inverse of ``hessian`` = XᵀX of the calibration activations [K, K], minimises
+    the error of x·W on inputs like the calibration ones rather than the error of W itself."""
+    w = w.astype(np.float64).T.copy()                    # [N, K]: the paper's orientation
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(h)).T       # upper Cholesky factor of H⁻¹
+    except np.linalg.LinAlgError:
+        return np.clip(np.rint(w.T / scale), -127, 127).astype(np.int8)
+    sc = scale.astype(np.float64)
+    q = np.empty_like(w)
+    for i in range(w.shape[1]):
+        codes = np.clip(np.rint(w[:, i] / sc), -127, 127)
+        q[:, i] = codes
+        err = (w[:, i] - codes * sc) / u[i, i]
+        w[:, i + 1:] -= np.outer(err, u[i, i + 1:])
+    return q.T.astype(np.int8)
+
+
 def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str,
-                          graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None) -> list[onnx.NodeProto]:
+                          graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None,
+                          hessian: np.ndarray | None = None,
+                          cache: dict | None = None) -> list[onnx.NodeProto]:
     """x·W from the quantized activation: int8 weights per output channel, then the row scale.
 
     ``outliers`` = (fp32 activation columns tensor, their channel indices): those input channels
-    were zeroed before quantization and are multiplied here in fp32 with their weight rows."""
+    were zeroed before quantization and are multiplied here in fp32 with their weight rows.
+    ``hessian`` (XᵀX of the activation as the integer path sees it) switches weight rounding to
+    :func:`gptq_int8`; ``cache`` keeps its result across plans of one export."""
     p = node.name or node.output[0]
     mk = helper.make_node
     tail: list[onnx.NodeProto] = []
@@ -117,7 +147,15 @@ def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: 
         y = f"{p}.y_int"
     w_absmax = np.abs(w).max(axis=0)
     w_scale = np.where(w_absmax > 0, w_absmax / 127.0, 1.0).astype(np.float32)
-    _const(graph, f"{p}.wq", np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8))
+    if hessian is None:
+        codes = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+    elif cache is not None and p in cache:
+        codes = cache[p]
+    else:
+        codes = gptq_int8(w, hessian, w_scale)
+        if cache is not None:
+            cache[p] = codes
+    _const(graph, f"{p}.wq", codes)
     _const(graph, f"{p}.wscale", w_scale)
     _const(graph, f"{p}.one", np.array(1.0, dtype=np.float32))
     _const(graph, f"{p}.zp", np.array(128, dtype=np.uint8))
@@ -138,14 +176,17 @@ def smoothing_factors(act_absmax: np.ndarray, w: np.ndarray, alpha: float) -> np
 def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int = 32,
                act_absmax: Mapping[str, np.ndarray] | None = None,
                alpha: float | None = None, outliers: int = 0,
-               outlier_ratio: float = 6.0) -> onnx.ModelProto:
+               outlier_ratio: float = 6.0, hessians: Mapping[str, np.ndarray] | None = None,
+               cache: dict | None = None) -> onnx.ModelProto:
     """A copy of ``model`` with each MatMul named in ``plan`` rewritten by its scheme.
 
     MatMuls of the ``token`` scheme that read the same activation (Q, K and V) share one
     quantization of it. ``act_absmax`` (per MatMul: per-channel max |activation| on calibration
     data) with ``alpha`` turns on SmoothQuant-style smoothing for them; with ``outliers`` > 0, up to
     that many input channels whose calibration max exceeds ``outlier_ratio`` x the median channel's
-    stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale."""
+    stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale.
+    ``hessians`` (per MatMul: XᵀX of its calibration input) turn on GPTQ rounding of the weights;
+    pass the same ``cache`` dict to every call of one export to compute it once per MatMul."""
     unknown = {s for s in plan.values() if s not in SCHEMES}
     if unknown:
         raise ValueError(f"plan uses unknown schemes {sorted(unknown)}; known: {SCHEMES}")
@@ -203,8 +244,12 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                         "Gather", [x, f"{prefix}.outlier_idx"], [f"{prefix}.outlier_cols"], axis=-1,
                         name=f"{prefix}.OutlierGather"))
                     outlier_cols[x] = (f"{prefix}.outlier_cols", outlier_idx[x])
+            hessian = None
+            if hessians is not None and node.name in hessians:
+                scale = inv_smooth[x] if inv_smooth[x] is not None else 1.0
+                hessian = hessians[node.name] * np.outer(scale, scale)
             new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[x], graph,
-                                                   outlier_cols.get(x)))
+                                                   outlier_cols.get(x), hessian, cache))
             continue
         if scheme == "block":
             block_nodes.append(node.name)

@@ -23,16 +23,43 @@ def minilm_checkpoint(tmp_path_factory):
     out.mkdir()
     for name in BASE_FILES:
         shutil.copy2(base_model_dir() / name, out / name)
-    g = torch.Generator().manual_seed(1234)
-    torch.save({"1.weight": torch.randn(1, 768, generator=g) * 0.03, "1.bias": torch.tensor([0.45])},
-               out / "head_weights.pt")
+    torch.save(_fitted_head(out), out / "head_weights.pt")
     return out
+
+
+def _fitted_head(encoder_dir, n: int = 600) -> dict:
+    """A head like a trained one: ridge regression of gold similarity on the frozen mean⊕max
+    features of train pairs, so scores spread over [0, 1] along directions the encoder varies in
+    (a random head mostly scores ~constant, clamped values, which says little about parity)."""
+    import json
+    import random
+
+    from rewardrt.export.pairs import TRAIN_FILE, find_data_dir
+    from rewardrt.export.reference import load_encoder, load_tokenizer, meanmax_pool
+
+    rows = [json.loads(line) for line in open(find_data_dir() / TRAIN_FILE, encoding="utf-8")]
+    random.Random(0).shuffle(rows)
+    rows = rows[:n]
+    tok, enc = load_tokenizer(encoder_dir), load_encoder(encoder_dir)
+    feats = []
+    with torch.inference_mode():
+        for s in range(0, n, 64):
+            batch = tok([f"{r['a']} [SEP] {r['b']}" for r in rows[s : s + 64]], return_tensors="pt",
+                        padding=True, truncation=True, max_length=512)
+            hidden = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            feats.append(meanmax_pool(hidden, batch["attention_mask"]))
+    x = torch.cat(feats).double()
+    y = torch.tensor([r["similarity"] for r in rows], dtype=torch.float64)
+    xm, ym = x.mean(0), y.mean()
+    xc = x - xm
+    w = torch.linalg.solve(xc.T @ xc + 10.0 * torch.eye(x.shape[1], dtype=torch.float64), xc.T @ (y - ym))
+    return {"1.weight": w.float()[None], "1.bias": (ym - xm @ w).float().reshape(1)}
 
 
 def test_int8_export_of_minilm_meets_the_budget(minilm_checkpoint, tmp_path, data_dir, dev_pairs):
     out = tmp_path / "minilm.int8.onnx"
     report = export(minilm_checkpoint, out, ExportConfig(
-        precision="int8", data_dir=str(data_dir), validation_size=400, calibration_size=96))
+        precision="int8", data_dir=str(data_dir), validation_size=400, calibration_size=256))
     assert report.passed, report.describe()
     assert report.plan.get("token", 0) + report.plan.get("block", 0) > 0
     refs, resps = dev_pairs
