@@ -33,13 +33,20 @@ class CheckpointFiles:
     head: Path
 
     def digest(self) -> str:
-        """sha256 over the files that define the scores (config, weights, tokenizer, head)."""
+        """sha256 over what defines the scores: the bytes of config, weights and tokenizer, and the
+        head's tensors (names, dtypes, shapes, values), not its pickle, whose bytes change with
+        every save."""
         h = hashlib.sha256()
-        for path in (self.config, self.weights, self.tokenizer, self.head):
+        for path in (self.config, self.weights, self.tokenizer):
             h.update(path.name.encode())
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
+        h.update(b"head")
+        for name, tensor in sorted(_read_head(self.head).items()):
+            t = tensor.detach().contiguous().cpu()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
         return h.hexdigest()
 
 
@@ -87,11 +94,10 @@ def read_config(files: CheckpointFiles) -> dict:
     return config
 
 
-def load_head_state(files: CheckpointFiles, hidden_size: int) -> dict:
-    """Read the head's tensors without executing anything and check their shapes."""
+def _read_head(path: Path) -> dict:
+    """The head file's content, read without executing anything."""
     import torch
 
-    path = files.head
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -104,6 +110,17 @@ def load_head_state(files: CheckpointFiles, hidden_size: int) -> dict:
             f"cannot read head weights {str(path)!r} as plain tensors ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); only tensor state dicts are accepted"
         ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"head weights {str(path)!r} are not a dict of tensors")
+    return state
+
+
+def load_head_state(files: CheckpointFiles, hidden_size: int) -> dict:
+    """Read the head's tensors without executing anything and check their shapes."""
+    import torch
+
+    path = files.head
+    state = _read_head(path)
     if not isinstance(state, dict) or set(state) != {"1.weight", "1.bias"}:
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

@@ -24,12 +24,16 @@ def pack(checkpoint_dir: str | Path, out: str | Path) -> dict:
     ckpt = Path(checkpoint_dir)
     base = load_file(str(base_model_dir() / "model.safetensors"))
     trained = load_file(str(ckpt / "model.safetensors"))
-    if set(base) != set(trained):
-        raise ValueError(f"{ckpt} does not have the base encoder's tensor names; cannot store a delta")
+    added = set(trained) - set(base)
+    if added:
+        raise ValueError(f"{ckpt} has tensors the base encoder lacks ({sorted(added)[:3]}); cannot store a delta")
+    # buffers the base file carries but newer transformers no longer save (embeddings.position_ids)
+    dropped = sorted(set(base) - set(trained))
     changed = {k: v.contiguous() for k, v in trained.items() if not torch.equal(v, base[k])}
     head = torch.load(ckpt / "head_weights.pt", map_location="cpu", weights_only=True)
     changed.update({HEAD_PREFIX + k: v.contiguous() for k, v in head.items()})
-    meta = {"base_package": BASE_PACKAGE, "base_sha256": json.dumps(BASE_SHA256), "format": "pt"}
+    meta = {"base_package": BASE_PACKAGE, "base_sha256": json.dumps(BASE_SHA256), "format": "pt",
+            "dropped": json.dumps(dropped)}
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     save_file(changed, str(tmp), metadata=meta)
@@ -52,6 +56,8 @@ def materialize(delta_path: str | Path, out_dir: str | Path) -> Path:
     for k, v in delta.items():
         if not k.startswith(HEAD_PREFIX):
             weights[k] = v
+    for k in json.loads(meta.get("dropped", "[]")):
+        weights.pop(k, None)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -36,7 +36,8 @@ class Recipe:
     dev_data: str = "../shared/data/pairs-dev.jsonl"
     seed: int = 13
     trainable_layers: int = 3          # top encoder layers unfrozen (of 6)
-    epochs: int = 2
+    epochs: int = 2                    # length of the learning-rate schedule
+    stop_after_epochs: int | None = None   # stop early (schedule unchanged); None: run all epochs
     batch_size: int = 32
     max_length: int = 128              # pairs here are short; inference still truncates at 512
     lr_encoder: float = 4e-5
@@ -224,7 +225,7 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     best = None
     t0 = time.time()
     step = 0
-    for epoch in range(r.epochs):
+    for epoch in range(r.stop_after_epochs or r.epochs):
         net.train()
         running = 0.0
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
