@@ -88,7 +88,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "model.int8.onnx"
     print(f"2) export {what}\n   {ckpt} -> {out} (INT8, plan search + fidelity gate)")
-    report = export(ckpt, out, ExportConfig(precision="int8", validation_size=600))
+    report = export(ckpt, out, ExportConfig(precision="int8", validation_size=600, calibration_size=256))
     print(report.describe())
     print("3) the fresh artifact, torch-free:")
     torch_free_scores(out)

@@ -1,0 +1,57 @@
+"""The embedded default model: present in the package, torch-free, sensible, and rebuildable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rewardrt import RewardModel
+from rewardrt.models import default_model_path, model_dir
+
+
+def test_default_model_is_packaged_and_int8():
+    assert default_model_path().is_file()
+    model = RewardModel()
+    assert model.path == default_model_path()
+    assert model.spec.precision == "int8"
+    assert model.spec.fidelity["mean_abs_diff"] <= 0.01
+
+
+def test_default_model_without_torch():
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "onnx", "safetensors"):
+                    raise ImportError("blocked " + name)
+        sys.meta_path.insert(0, Block())
+        from rewardrt import RewardModel
+        print(RewardModel().score('All you need is attention.', 'Attention is all you need.'))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 0.0 <= float(out.stdout) <= 1.0
+
+
+def test_default_model_prefers_equivalent_answers():
+    model = RewardModel()
+    ref = "The man is playing a guitar on the stage."
+    good = model.score("A man plays a guitar on stage.", ref)
+    contradiction = model.score("The man is not playing a guitar on the stage.", ref)
+    unrelated = model.score("Stock prices fell sharply on Monday.", ref)
+    assert good > contradiction and good > unrelated
+
+
+@pytest.mark.slow
+def test_materialized_checkpoint_is_the_one_exported(tmp_path):
+    from rewardrt.export.checkpoint import locate
+    from rewardrt.models.delta import materialize
+
+    out = materialize(model_dir() / "delta.safetensors", tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+        "special_tokens_map.json", "head_weights.pt"])
+    assert locate(out).digest() == RewardModel().spec.checkpoint_digest
