@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import argparse
 
+from rewardrt.bench.config import argparse_type, parse_rounds, parse_threads
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark against the PyTorch reference (needs [bench])")
+    p = sub.add_parser(
+        "bench", help="benchmark against the PyTorch reference (needs [bench])",
+        description="Every engine in its own process, measured in alternating rounds; writes "
+        "results.json, results.md and PNG plots with ratios to the PyTorch reference.",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run, under 2 minutes")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the default model, materialized)")
     p.add_argument("--out", default="bench-results", help="results folder (default: %(default)s)")
+    p.add_argument("--threads", type=argparse_type(parse_threads), default=(1, 2),
+                   help="comma-separated thread counts to measure at (default: 1,2)")
+    p.add_argument("--rounds", type=argparse_type(parse_rounds), default=None,
+                   help="alternating rounds per thread count (default: 2 quick, 5 full)")
+    p.add_argument("--data-dir", default=None, help="folder with pairs-train.jsonl / pairs-dev.jsonl "
+                   "(default: $REWARDRT_DATA or ../shared/data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    # transformers' per-load progress bars would break the bench's own bar
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from rewardrt.bench.suite import main
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     return main(args)

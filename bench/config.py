@@ -19,12 +19,13 @@ class BenchPlan:
     lengths: tuple[int, ...]         # batch-1 latency: total tokens of "reference [SEP] response"
     latency_calls: int               # distinct texts per length, each scored once per round
     batches: tuple[int, ...]         # throughput: the caller's batch size
-    throughput_pairs: int            # dev pairs per batch size per round
+    throughput_pairs: int            # dev pairs per batch size per round (at least one call of each size)
     rl_steps: int                    # RL steps per round, one batch_score call each
     rl_groups: int                   # GRPO groups (of 8 samples sharing a reference) per step
     cold_repeats: int                # fresh processes per engine
     fidelity_pairs: int | None       # dev pairs scored by every engine (None: all of them)
     swap_per_rule: int               # one-word-swap probes per edit rule
+    warmup_pairs: int                # one untimed batch of this many pairs per engine and thread count
     export_validation: int | None    # ExportConfig.validation_size for the artifacts we export
     export_calibration: int          # ExportConfig.calibration_size
 
@@ -37,15 +38,20 @@ class BenchPlan:
 
 QUICK = BenchPlan(
     mode="quick", rounds=2, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
-    throughput_pairs=64, rl_steps=1, rl_groups=2, cold_repeats=1, fidelity_pairs=500,
-    swap_per_rule=40, export_validation=64, export_calibration=32,
+    throughput_pairs=16, rl_steps=1, rl_groups=1, cold_repeats=1, fidelity_pairs=250,
+    swap_per_rule=15, warmup_pairs=8, export_validation=64, export_calibration=32,
 )
 FULL = BenchPlan(
-    mode="full", rounds=5, lengths=(32, 64, 128, 256, 512), latency_calls=8, batches=(8, 32, 64),
-    throughput_pairs=192, rl_steps=1, rl_groups=8, cold_repeats=3, fidelity_pairs=None,
-    swap_per_rule=300, export_validation=None, export_calibration=256,
+    mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, batches=(8, 32, 64),
+    throughput_pairs=128, rl_steps=1, rl_groups=4, cold_repeats=3, fidelity_pairs=None,
+    swap_per_rule=300, warmup_pairs=64, export_validation=None, export_calibration=256,
 )
 GROUP_SIZE = 8  # GRPO samples per prompt, all scored against the same reference
+
+
+def throughput_pairs(plan: BenchPlan, batch: int) -> int:
+    """Pairs scored at one batch size per round: whole calls only, at least one."""
+    return max(batch, plan.throughput_pairs // batch * batch)
 
 
 def parse_threads(text: str) -> tuple[int, ...]:

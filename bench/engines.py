@@ -62,6 +62,8 @@ class EngineSpec:
 class LoadedEngine:
     """Common calls over the four kinds; ``references`` and ``responses`` are parallel lists."""
 
+    threads = 0
+
     def score_one(self, reference: str, response: str) -> float:
         return self.batch_score([reference], [response], 1)[0]
 
@@ -79,6 +81,7 @@ class TorchEngine(LoadedEngine):
         from rewardrt.export.reference import TorchReward
 
         torch.set_num_threads(threads)
+        self.threads = threads
         self.model = TorchReward(spec.model, max_length=spec.max_length)
         if spec.kind == "torch-dynq":
             from torch.ao.quantization import quantize_dynamic
@@ -95,6 +98,7 @@ class TorchEngine(LoadedEngine):
         import torch
 
         torch.set_num_threads(threads)
+        self.threads = threads
 
 
 class PlainOrtEngine(LoadedEngine):
@@ -113,6 +117,9 @@ class PlainOrtEngine(LoadedEngine):
     def set_threads(self, threads: int) -> None:
         import onnxruntime as ort
 
+        if threads == self.threads:
+            return
+        self.threads = threads
         self.session = None
         gc.collect()  # drop the old session first, so peak RSS never holds two
         opts = ort.SessionOptions()
@@ -143,6 +150,9 @@ class RewardrtEngine(LoadedEngine):
     def set_threads(self, threads: int) -> None:
         from rewardrt.runtime import RewardModel
 
+        if threads == self.threads:
+            return
+        self.threads = threads
         self.model = None
         gc.collect()
         self.model = RewardModel(self.spec.model, threads=threads)

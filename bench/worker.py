@@ -20,11 +20,21 @@ import traceback
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size so far.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own address space.
+    Not ru_maxrss: after fork + exec Linux carries the parent's high-water mark into the child's
+    ru_maxrss, so every worker would report at least the parent's size."""
+    status = "/proc/self/status"
+    if os.path.exists(status):
+        with open(status, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
 
 
 def current_rss_bytes() -> int:
@@ -64,14 +74,13 @@ class Server:
         return {}
 
     def op_warmup(self, req: dict) -> dict:
-        """Each latency set once, and one call per batch size: first-run allocations happen here."""
+        """Each latency set once, and one batch of ``n`` pairs: first-run allocations happen here."""
         for name in req.get("latency", []):
             s = self.sets[name]
             self.engine.score_one(s["refs"][0], s["resps"][0])
-        s = self.sets[req["pairs"]] if req.get("pairs") else None
-        for b in req.get("batches", []):
-            if s:
-                self.engine.batch_score(s["refs"][:b], s["resps"][:b], b)
+        if req.get("pairs"):
+            s, n = self.sets[req["pairs"]], int(req["n"])
+            self.engine.batch_score(s["refs"][:n], s["resps"][:n], n)
         return {}
 
     def op_latency(self, req: dict) -> dict:
@@ -84,9 +93,10 @@ class Server:
         return {"times": times}
 
     def op_throughput(self, req: dict) -> dict:
-        """The set scored in calls of ``batch`` pairs (the caller's batch), summed wall time."""
-        s, b = self.sets[req["set"]], int(req["batch"])
-        refs, resps = s["refs"], s["resps"]
+        """The first ``n`` pairs of the set scored in calls of ``batch`` pairs (the caller's batch),
+        summed wall time."""
+        s, b, n = self.sets[req["set"]], int(req["batch"]), int(req["n"])
+        refs, resps = s["refs"][:n], s["resps"][:n]
         t0 = time.perf_counter()
         for start in range(0, len(refs), b):
             self.engine.batch_score(refs[start : start + b], resps[start : start + b], b)

@@ -1,0 +1,240 @@
+"""The checkpoint under test and every engine's model file, cached in the results folder.
+
+Cache layout: ``<out>/cache/<checkpoint digest[:16]>/`` holds the plain traced graph, its
+quantize_dynamic INT8 version and the rewardrt artifacts (their names carry the export settings),
+so a re-run on the same checkpoint exports nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewardrt.bench.config import BenchPlan
+from rewardrt.bench.engines import ENGINES, EngineSpec
+
+log = logging.getLogger(__name__)
+SEEDED_HEAD_SEED = 0
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    path: Path
+    source: str                      # "--checkpoint", "default model", "base + seeded head"
+    note: str
+    digest: str
+
+
+@dataclass
+class Prepared:
+    checkpoint: CheckpointChoice
+    specs: dict[str, EngineSpec]
+    model_files: dict[str, list[str]]            # engine -> files it loads
+    exports: dict[str, dict] = field(default_factory=dict)  # what was exported or reused, and how
+
+
+def _digest_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _seeded_head_checkpoint(out: Path, data_dir: Path, seed: int = SEEDED_HEAD_SEED) -> Path:
+    """The packaged base MiniLM plus a head drawn from ``seed`` and scaled so its raw outputs on a
+    few training pairs have mean 0.5 and spread 0.25 (scores not all clamped to 0 or 1)."""
+    import torch
+
+    from rewardrt.export.pairs import calibration_pairs
+    from rewardrt.export.reference import load_encoder, load_tokenizer, meanmax_pool
+    from rewardrt.models.base import BASE_FILES, base_model_dir
+
+    if (out / "head_weights.pt").is_file():
+        return out
+    base = base_model_dir()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in BASE_FILES:
+        shutil.copy2(base / name, tmp / name)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    hidden = config["hidden_size"]
+    pairs = calibration_pairs(data_dir, 64, seed=seed)
+    tokenizer, encoder = load_tokenizer(tmp), load_encoder(tmp)
+    texts = [f"{a} [SEP] {b}" for a, b in zip(pairs.references, pairs.responses)]
+    with torch.inference_mode():
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
+        hidden_states = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                token_type_ids=torch.zeros_like(enc["input_ids"])).last_hidden_state
+        features = meanmax_pool(hidden_states, enc["attention_mask"])
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(1, 2 * hidden, generator=g)
+    proj = features @ w[0]
+    w = w * (0.25 / proj.std().clamp(min=1e-6))
+    b = 0.5 - (features @ w[0]).mean()
+    torch.save({"1.weight": w.contiguous(), "1.bias": b.reshape(1).contiguous()}, tmp / "head_weights.pt")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def choose_checkpoint(explicit: Path | None, cache: Path, data_dir: Path) -> CheckpointChoice:
+    """``--checkpoint``; else the default model materialized from its delta; else base + seeded head."""
+    from rewardrt.export.checkpoint import locate
+    from rewardrt.models import model_dir
+
+    if explicit is not None:
+        files = locate(explicit)
+        return CheckpointChoice(files.root.resolve(), "--checkpoint", f"checkpoint {files.root}",
+                                files.digest())
+    delta = model_dir() / "delta.safetensors"
+    if delta.is_file():
+        from rewardrt.models.delta import materialize
+
+        target = cache / "checkpoints" / f"default-{_digest_file(delta)[:16]}"
+        if not (target / "head_weights.pt").is_file():
+            log.info("materializing the default model into %s", target)
+            materialize(delta, target)
+        files = locate(target)
+        return CheckpointChoice(target.resolve(), "default model",
+                                f"the default model, materialized from {delta.name}", files.digest())
+    target = _seeded_head_checkpoint(cache / "checkpoints" / f"base-seeded-head-{SEEDED_HEAD_SEED}", data_dir)
+    files = locate(target)
+    return CheckpointChoice(
+        target.resolve(), "base + seeded head",
+        "the default model is not built yet (no delta.safetensors), so this run uses the packaged "
+        f"base all-MiniLM-L6-v2 with a random head (seed {SEEDED_HEAD_SEED}); speed, memory and size "
+        "figures carry over to the trained model, fidelity figures are for this untrained head",
+        files.digest())
+
+
+def _default_int8_for(digest: str) -> Path | None:
+    """The packaged default INT8 artifact, if it was exported from this very checkpoint."""
+    from rewardrt.models import default_model_path
+    from rewardrt.runtime.spec import KEY_SPEC
+
+    path = default_model_path()
+    if not path.is_file():
+        return None
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    meta = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) \
+        .get_modelmeta().custom_metadata_map
+    spec = json.loads(meta.get(KEY_SPEC, "{}"))
+    return path if spec.get("checkpoint_digest") == digest else None
+
+
+def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, data_dir: Path) -> dict:
+    from rewardrt.export.exporter import ExportConfig, export
+
+    cfg = ExportConfig(precision=precision, data_dir=str(data_dir),
+                       validation_size=plan.export_validation, calibration_size=plan.export_calibration)
+    report = export(ckpt, out, cfg)
+    log.info("%s", report.describe())
+    return {"exported_s": round(report.seconds, 1), "plan": report.plan}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _plain_graphs(ckpt: Path, fp32: Path, int8: Path) -> dict:
+    """The baseline a user gets by hand: torch.onnx export of the net, and quantize_dynamic on it."""
+    import time
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from rewardrt.export.graph import trace
+    from rewardrt.export.reference import TorchReward
+
+    info = {}
+    if not fp32.is_file():
+        t0 = time.time()
+        tmp = fp32.with_name(fp32.stem + ".tmp.onnx")
+        trace(TorchReward(ckpt).net, tmp)
+        os.replace(tmp, fp32)
+        info["ort-fp32"] = {"exported_s": round(time.time() - t0, 1)}
+    if not int8.is_file():
+        t0 = time.time()
+        tmp = int8.with_name(int8.stem + ".tmp.onnx")
+        hint = _DropMessage("pre-processing before quantization")  # advice for image models
+        logging.getLogger().addFilter(hint)
+        try:
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            logging.getLogger().removeFilter(hint)
+        os.replace(tmp, int8)
+        info["ort-int8"] = {"exported_s": round(time.time() - t0, 1)}
+    return info
+
+
+def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, tick=lambda _: None) -> Prepared:
+    """Every engine's spec, exporting what the cache lacks. ``tick(label)`` reports each step."""
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    tick("checkpoint")
+    choice = choose_checkpoint(explicit, cache, data_dir)
+    from rewardrt.export.checkpoint import locate, read_config
+
+    files = locate(choice.path)
+    config = read_config(files)
+    max_length = min(512, config["max_position_embeddings"])
+    folder = cache / choice.digest[:16]
+    folder.mkdir(exist_ok=True)
+    tag = f"cal{plan.export_calibration}-val{plan.export_validation or 'all'}"
+    paths = {"ort-fp32": folder / "ort-fp32.onnx", "ort-int8": folder / "ort-int8.onnx",
+             "rewardrt-fp32": folder / f"rewardrt-fp32-val{plan.export_validation or 'all'}.onnx",
+             "rewardrt-int8": folder / f"rewardrt-int8-{tag}.onnx"}
+    exports: dict[str, dict] = {}
+
+    tick("plain ONNX export")
+    fresh = _plain_graphs(choice.path, paths["ort-fp32"], paths["ort-int8"])
+    for name in ("ort-fp32", "ort-int8"):
+        exports[name] = fresh.get(name, {"cached": str(paths[name])})
+
+    tick("rewardrt fp32 export")
+    if paths["rewardrt-fp32"].is_file():
+        exports["rewardrt-fp32"] = {"cached": str(paths["rewardrt-fp32"])}
+    else:
+        exports["rewardrt-fp32"] = _export_rewardrt(choice.path, paths["rewardrt-fp32"], "fp32", plan, data_dir)
+
+    tick("rewardrt INT8 export")
+    packaged = _default_int8_for(choice.digest) if explicit is None else None
+    if packaged is not None:
+        paths["rewardrt-int8"] = packaged
+        exports["rewardrt-int8"] = {"packaged": str(packaged)}
+    elif paths["rewardrt-int8"].is_file():
+        exports["rewardrt-int8"] = {"cached": str(paths["rewardrt-int8"])}
+    else:
+        exports["rewardrt-int8"] = _export_rewardrt(choice.path, paths["rewardrt-int8"], "int8", plan, data_dir)
+
+    specs: dict[str, EngineSpec] = {}
+    model_files: dict[str, list[str]] = {}
+    for engine in ENGINES:
+        if engine.kind in ("torch", "torch-dynq"):
+            specs[engine.name] = EngineSpec(engine.name, engine.kind, str(choice.path), max_length=max_length)
+            model_files[engine.name] = [str(files.weights), str(files.head), str(files.config),
+                                        str(files.tokenizer)]
+        elif engine.kind == "ort-plain":
+            specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]),
+                                            tokenizer=str(files.tokenizer), max_length=max_length)
+            model_files[engine.name] = [str(paths[engine.name]), str(files.tokenizer)]
+        else:
+            specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]))
+            model_files[engine.name] = [str(paths[engine.name])]
+    return Prepared(choice, specs, model_files, exports)

@@ -1,0 +1,161 @@
+"""``rewardrt bench``: every engine against the PyTorch reference, on one machine, in one run.
+
+Order of a run: conditions -> checkpoint and artifacts (cached) -> workloads -> one worker process
+per engine, measured in alternating rounds at each thread count -> fidelity and swap scores ->
+worker peak RSS -> cold starts in fresh processes -> sizes -> results.json, results.md, plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rewardrt.bench import artifacts, report, results, runner, system
+from rewardrt.bench.config import BenchConfig, BenchPlan
+from rewardrt.bench.engines import ENGINES, REFERENCE
+
+log = logging.getLogger(__name__)
+SCHEMA = 1
+SWAP_ENGINES = (REFERENCE, "torch-dynq", "ort-int8", "rewardrt-int8")
+
+
+def _steps(plan: BenchPlan, threads: tuple[int, ...]) -> int:
+    engines = len(ENGINES)
+    prepare = 4 + 1 + 1  # checkpoint and three kinds of artifacts, workloads, workers loaded
+    measure = len(threads) * (engines + plan.rounds * engines)
+    return prepare + measure + engines + plan.cold_repeats * engines + 1
+
+
+def _engine_table(prepared: artifacts.Prepared, loads: dict, stats: dict, exports: dict) -> dict:
+    engines: dict[str, dict] = {}
+    for engine in ENGINES:
+        files = prepared.model_files[engine.name]
+        size = system.installed_size(engine.needs)
+        engines[engine.name] = {
+            "label": engine.label, "how": engine.how, "needs": list(engine.needs),
+            "model_files": files, "model_bytes": sum(Path(f).stat().st_size for f in files),
+            "installed_bytes": size["bytes"], "installed_distributions": size["distributions"],
+            "rss_after_load": loads[engine.name]["rss"],
+            "peak_rss": stats[engine.name]["peak_rss"], "export": exports.get(engine.name, {}),
+        }
+    for key, fraction in (("model_bytes", "model_fraction"), ("installed_bytes", "installed_fraction"),
+                          ("peak_rss", "peak_rss_fraction")):
+        for engine, value in results.fraction_of_reference({e: v[key] for e, v in engines.items()}).items():
+            engines[engine][fraction] = value
+    return engines
+
+
+def _artifact_facts(path: str) -> dict:
+    from rewardrt.runtime import RewardModel
+
+    spec = RewardModel(path, threads=1).spec
+    return {"precision": spec.precision, "plan_counts": spec.quantization.get("plan_counts"),
+            "export_fidelity": {k: spec.fidelity.get(k) for k in ("n", "mean_abs_diff", "max_abs_diff", "spearman")}}
+
+
+def _plain_json(value):
+    """NaN (e.g. a Spearman on constant scores) becomes null, so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    return value
+
+
+def run(cfg: BenchConfig) -> dict:
+    """Measure, write the results folder, return the results dictionary."""
+    from tqdm import tqdm
+
+    from rewardrt.bench.workloads import TokenCounter, build, read_dev
+    from rewardrt.export.pairs import find_data_dir
+
+    t0 = time.time()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    plan = cfg.plan
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    data_dir = find_data_dir(cfg.data_dir)
+    bar = tqdm(total=_steps(plan, cfg.threads), desc="bench", unit="step", disable=not cfg.progress,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def tick(label: str) -> None:
+        bar.set_postfix_str(label, refresh=False)
+        bar.update(1)
+
+    try:
+        conditions = system.conditions(cfg.threads)
+        prepared = artifacts.prepare(cfg.checkpoint, out, plan, data_dir, tick)
+        log.info("bench model: %s", prepared.checkpoint.note)
+        counter = TokenCounter(Path(prepared.specs[REFERENCE].model) / "tokenizer.json")
+        workloads = build(read_dev(data_dir), counter, plan)
+        tick("workloads")
+        workers = runner.start_workers(prepared.specs, cfg.threads[0], workloads, logs)
+        tick("workers loaded")
+        try:
+            records = runner.measure(workers, plan, workloads, cfg.threads, tick)
+            scored = runner.score_sets(workers, {"fidelity": list(workers), "swap": SWAP_ENGINES}, tick)
+            stats = {name: w.call("stats") for name, w in workers.items()}
+            loads = {name: w.load_info for name, w in workers.items()}
+        finally:
+            for w in workers.values():
+                w.close()
+        cold = runner.cold_starts(prepared.specs, plan.cold_repeats, max(cfg.threads), tick)
+
+        res: dict = {
+            "schema": SCHEMA, "mode": plan.mode, "started": started,
+            "conditions": conditions, "plan": asdict(plan),
+            "checkpoint": {**asdict(prepared.checkpoint), "path": str(prepared.checkpoint.path)},
+            "workloads": workloads.info,
+            "engines": _engine_table(prepared, loads, stats, prepared.exports),
+            "latency": results.latency(records),
+            "throughput": results.rates(records, "throughput", "batch"),
+            "rl": results.rates(records, "rl", None),
+            "cold_start": results.cold_start(cold),
+            "fidelity": results.fidelity_rows(scored["fidelity"]),
+            "swap": results.swap_rows(scored["swap"], workloads.info["swap"]["probes"]),
+        }
+        for name in ("rewardrt-fp32", "rewardrt-int8"):
+            res["engines"][name]["artifact"] = _artifact_facts(prepared.specs[name].model)
+        res["ratios"] = results.summary_ratios(res)
+        res["duration_s"] = time.time() - t0
+        res["raw"] = {"records": records, "cold_start": cold, "fidelity_scores": scored["fidelity"]}
+        (out / "results.json").write_text(json.dumps(_plain_json(res), indent=1) + "\n", encoding="utf-8")
+        report.write(res, scored["fidelity"], out)
+        tick("report")
+    finally:
+        bar.close()
+    return res
+
+
+def main(args: argparse.Namespace) -> int:
+    """The CLI entry: check the arguments, run, print the ratio table and where the results are."""
+    from rewardrt.export.errors import ExportError
+
+    try:
+        cfg = BenchConfig.from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        res = run(cfg)
+    except (ExportError, runner.WorkerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.summary_table(res)))
+    print(f"{res['mode']} bench in {res['duration_s']:.0f} s -> {cfg.out / 'results.md'}, results.json, "
+          f"{', '.join(report.PLOTS.values())}")
+    if res["checkpoint"]["source"] != "--checkpoint":
+        print(f"model: {res['checkpoint']['note']}")
+    return 0
+

@@ -1,0 +1,111 @@
+"""``rewardrt bench``: the quick run end to end on a tiny checkpoint, its inputs, its cache and its
+argument errors. No timing is asserted anywhere: only that every figure exists and is well formed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from rewardrt.bench.config import QUICK, BenchConfig
+from rewardrt.bench.engines import ENGINES, REFERENCE
+from rewardrt.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_checkpoint, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results"
+    code = cli_main(["bench", "--quick", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                     "--data-dir", str(data_dir), "--threads", "1,2", "--rounds", "1", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_quick_bench_writes_json_md_and_plots(quick_run):
+    res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
+    names = [e.name for e in ENGINES]
+    assert list(res["engines"]) == names
+    assert res["mode"] == "quick" and res["conditions"]["threads"] == [1, 2]
+    assert res["conditions"]["cpu"]["flags"] and res["conditions"]["versions"]["onnxruntime"]
+    expected = {f"latency_speedup_{n}tok_{t}t" for n in QUICK.lengths for t in (1, 2)}
+    expected |= {f"throughput_speedup_b{b}_{t}t" for b in QUICK.batches for t in (1, 2)}
+    expected |= {"rl_speedup_1t", "rl_speedup_2t", "cold_start_speedup", "peak_rss_fraction",
+                 "installed_size_fraction", "model_file_fraction"}
+    for name in names:
+        ratios = res["ratios"][name]
+        assert expected <= set(ratios), (name, expected - set(ratios))
+        assert all(math.isfinite(v) and v > 0 for v in ratios.values()), (name, ratios)
+    assert all(v == 1.0 for v in res["ratios"][REFERENCE].values())
+    for row in res["latency"]:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    # the torch-free engines need no torch, so they install less than the torch engines
+    assert res["ratios"]["rewardrt-int8"]["installed_size_fraction"] < 1
+    assert {r["engine"] for r in res["fidelity"]} == set(names) - {REFERENCE}
+    fp32 = next(r for r in res["fidelity"] if r["engine"] == "rewardrt-fp32")
+    assert fp32["max_abs_diff"] < 1e-4 and fp32["n"] == QUICK.fidelity_pairs
+    assert {r["engine"] for r in res["swap"]} >= {REFERENCE, "rewardrt-int8"}
+
+    md = (quick_run / "results.md").read_text(encoding="utf-8")
+    summary = md.split("## Ratios to the PyTorch reference", 1)[1].split("## ", 1)[0]
+    for engine in ENGINES:
+        line = next(line for line in summary.splitlines() if line.startswith(f"| {engine.label} |"))
+        assert line.count("×") >= 7 and "%" in line
+    for png in ("latency.png", "throughput.png", "fidelity.png"):
+        assert (quick_run / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint, data_dir):
+    from rewardrt.bench.artifacts import prepare
+
+    prepared = prepare(tiny_checkpoint, quick_run, QUICK, data_dir)
+    assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8"}
+    assert all(set(v) == {"cached"} for v in prepared.exports.values()), prepared.exports
+
+
+def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint, data_dir):
+    from rewardrt.bench.workloads import TokenCounter, build, read_dev
+
+    counter = TokenCounter(tiny_checkpoint / "tokenizer.json")
+    w = build(read_dev(data_dir), counter, QUICK)
+    for n in QUICK.lengths:
+        s = w.sets[w.latency_set(n)]
+        assert len(s["refs"]) == QUICK.latency_calls
+        assert [counter.pair(a, b) for a, b in zip(s["refs"], s["resps"])] == [n] * QUICK.latency_calls
+    (step,) = w.sets["rl"]["steps"]
+    assert len(step["refs"]) == QUICK.rl_groups * 8
+    assert all(k % 8 == 0 for k in Counter(step["refs"]).values())
+    assert w.info["rl"]["response_tokens_max"] <= 600
+    swap = w.sets["swap"]
+    half = len(swap["refs"]) // 2
+    assert swap["resps"][:half] == swap["refs"][:half] and swap["refs"][half:] == swap["refs"][:half]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--threads", "0"], "--threads"),
+    (["--threads", "one"], "--threads"),
+    (["--rounds", "0"], "--rounds"),
+])
+def test_bad_cli_values_name_the_argument(argv, match, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench", *argv])
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_bad_paths_name_the_argument(tmp_path, capsys):
+    from rewardrt.bench.suite import main
+
+    args = argparse.Namespace(quick=True, checkpoint=str(tmp_path / "missing"), out=str(tmp_path / "o"),
+                              threads="1", rounds=None, data_dir=None)
+    assert main(args) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--out"):
+        BenchConfig.from_args(argparse.Namespace(quick=True, out=str(tmp_path / "file")))
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        BenchConfig.from_args(argparse.Namespace(quick=True, data_dir=str(tmp_path / "nowhere")))
