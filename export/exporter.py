@@ -21,7 +21,7 @@ import onnx
 
 from rewardrt.export import graph, quantize
 from rewardrt.export.checkpoint import locate, read_config
-from rewardrt.export.errors import ExportError, FidelityError
+from rewardrt.export.errors import FidelityError
 from rewardrt.export.pairs import (
     DEV_FILE, LONG_PAIRS, Pairs, calibration_pairs, find_data_dir, validation_pairs,
 )

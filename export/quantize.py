@@ -55,6 +55,16 @@ def _const(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
     return name
 
 
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Make ``nodes`` the graph's nodes and drop the initializers no node reads any more."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    still = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in still]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def _opset(model: onnx.ModelProto) -> int:
     return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
@@ -254,13 +264,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
         if scheme == "block":
             block_nodes.append(node.name)
         new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    # drop fp32 weights that no node reads any more
-    still = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in still]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    _replace_nodes(graph, new_nodes)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if block_nodes:
@@ -317,12 +321,7 @@ def quantize_embedding_tables(model: onnx.ModelProto, min_rows: int = 1000) -> l
             mk("Mul", [f"{p}.rows_f", f"{p}.rows_scale"], [node.output[0]], name=f"{p}.Dequant"),
         ]
         done.append(table.name)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    still = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in still]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    _replace_nodes(graph, new_nodes)
     return done
 
 

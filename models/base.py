@@ -37,3 +37,28 @@ def base_model_dir(verify: bool = True) -> Path:
                     f"(the pinned {BASE_PACKAGE} 0.1.0); reinstall {BASE_PACKAGE}==0.1.0"
                 )
     return root
+
+
+def write_checkpoint(weights: dict, head: dict, out: str | Path, base: Path | None = None) -> Path:
+    """Write a checkpoint folder in the neuraltxt-reward-tiny layout: the base's config and
+    tokenizer files, ``weights`` (encoder tensors) as model.safetensors, ``head`` as
+    head_weights.pt. Written to a sibling temp folder first, then renamed into place."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    base = base or base_model_dir()
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in BASE_FILES:
+        if name != "model.safetensors":
+            shutil.copy2(base / name, tmp / name)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+              metadata={"format": "pt"})
+    torch.save(head, tmp / "head_weights.pt")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

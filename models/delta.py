@@ -8,14 +8,13 @@ neuraltxt-reward-tiny layout, bit-identical to the trained one.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from rewardrt.models.base import BASE_FILES, BASE_PACKAGE, BASE_SHA256, base_model_dir
+from rewardrt.models.base import BASE_PACKAGE, BASE_SHA256, base_model_dir, write_checkpoint
 
 HEAD_PREFIX = "head."
 
@@ -58,14 +57,5 @@ def materialize(delta_path: str | Path, out_dir: str | Path) -> Path:
             weights[k] = v
     for k in json.loads(meta.get("dropped", "[]")):
         weights.pop(k, None)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in BASE_FILES:
-        if name != "model.safetensors":
-            shutil.copy2(base_dir / name, tmp / name)
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(head, tmp / "head_weights.pt")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    write_checkpoint(weights, head, out_dir, base_dir)
     return out_dir

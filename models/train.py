@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from rewardrt.export.reference import RewardNet, make_head
-from rewardrt.models.base import BASE_FILES, base_model_dir
+from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
 from rewardrt.runtime.metrics import spearman, roc_auc
 
@@ -166,19 +165,8 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
 
 
 def save_checkpoint(net: RewardNet, base: Path, out: Path) -> None:
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in BASE_FILES:
-        if name != "model.safetensors":
-            shutil.copy2(base / name, tmp / name)
-    state = {k: v.detach().contiguous() for k, v in net.encoder.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save({k: v.detach().clone() for k, v in net.head.state_dict().items()}, tmp / "head_weights.pt")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    write_checkpoint({k: v.detach() for k, v in net.encoder.state_dict().items()},
+                     {k: v.detach().clone() for k, v in net.head.state_dict().items()}, out, base)
 
 
 def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
