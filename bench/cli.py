@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=argparse_type(parse_threads), default=(1, 2),
                    help="comma-separated thread counts to measure at (default: 1,2)")
     p.add_argument("--rounds", type=argparse_type(parse_rounds), default=None,
-                   help="alternating rounds per thread count (default: 2 quick, 5 full)")
+                   help="alternating rounds per thread count (default: 1 quick, 4 full)")
     p.add_argument("--data-dir", default=None, help="folder with pairs-train.jsonl / pairs-dev.jsonl "
                    "(default: $REWARDRT_DATA or ../shared/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

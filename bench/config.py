@@ -37,7 +37,7 @@ class BenchPlan:
 
 
 QUICK = BenchPlan(
-    mode="quick", rounds=2, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
+    mode="quick", rounds=1, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
     throughput_pairs=16, rl_steps=1, rl_groups=1, cold_repeats=1, fidelity_pairs=250,
     swap_per_rule=15, warmup_pairs=8, export_validation=64, export_calibration=32,
 )

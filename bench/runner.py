@@ -136,21 +136,13 @@ def measure(workers: dict[str, Worker], plan: BenchPlan, workloads: Workloads, t
 
 
 def score_sets(workers: dict[str, Worker], sets: dict[str, Sequence[str]], tick: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
-    """set -> engine -> scores, for the engines listed per set. Nothing here is timed, so every
-    worker runs at one thread and all of them at once, sharing the cores."""
+    """set -> engine -> scores, for the engines listed per set; one worker at a time, at the thread
+    count it was last given (running them side by side at one thread each was slower)."""
     out: dict[str, dict[str, list[float]]] = {s: {} for s in sets}
-    for w in workers.values():
-        w.send("threads", threads=1)
-    for w in workers.values():
-        w.receive("threads")
-    for name, w in workers.items():  # every request queued first, so no worker waits for another
-        for s, engines in sets.items():
-            if name in engines:
-                w.send("score", set=s)
     for name, w in workers.items():
         for s, engines in sets.items():
             if name in engines:
-                out[s][name] = w.receive("score")["scores"]
+                out[s][name] = w.call("score", set=s)["scores"]
         tick(f"fidelity sets: {name}")
     return out
 
