@@ -44,6 +44,9 @@ class Recipe:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
+    identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
+    alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
+                                       # previous epoch's (both orders over two epochs, half the steps)
     # answer-equivalence targets
     contradiction_scale: float = 0.25  # SICK CONTRADICTION: target = scale * relatedness (≈ 0.15-0.25)
     neutral_scale: float = 0.85        # SICK NEUTRAL: related but not entailed -> below its relatedness
@@ -82,13 +85,15 @@ def target_of(row: dict, r: Recipe) -> float:
     return sim
 
 
-def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tuple[str, str, float]]:
-    """(reference, response, target) triples: every pair in both orders plus minimal edits."""
-    out: list[tuple[str, str, float]] = []
+Example = tuple[str, str, float]
+
+
+def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tuple[Example, Example]]:
+    """Every labelled pair, minimal edit and identity pair as its two orders (reference, response, target)."""
+    out: list[tuple[Example, Example]] = []
     for row in rows:
         t = target_of(row, r)
-        out.append((row["a"], row["b"], t))
-        out.append((row["b"], row["a"], t))
+        out.append(((row["a"], row["b"], t), (row["b"], row["a"], t)))
     sentences = sorted({row["a"] for row in rows} | {row["b"] for row in rows})
     counts = {}
     for name, (rule, changed) in EDITS.items():
@@ -102,12 +107,20 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
             if edited is None or edited == sentence:
                 continue
             t = r.changed_target if changed else r.kept_target
-            out.append((sentence, edited, t))
-            out.append((edited, sentence, t))
+            out.append(((sentence, edited, t), (edited, sentence, t)))
             made += 1
         counts[name] = made
-    log.info("edit pairs per rule: %s", counts)
+    for sentence in rng.sample(sentences, min(r.identity_pairs, len(sentences))):
+        out.append(((sentence, sentence, r.kept_target),) * 2)
+    log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     return out
+
+
+def epoch_examples(pairs: list[tuple[Example, Example]], epoch: int, r: Recipe) -> list[Example]:
+    """Both orders of every pair, or with ``alternate_orders`` one order, flipped every epoch."""
+    if not r.alternate_orders:
+        return [e for pair in pairs for e in pair]
+    return [pair[(i + epoch) % 2] for i, pair in enumerate(pairs)]
 
 
 def batches(examples, tokenizer, r: Recipe, rng: random.Random):
@@ -194,8 +207,8 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
 
     train_rows = read_pairs(resolve(r.train_data))
     dev_rows = read_pairs(resolve(r.dev_data))
-    examples = build_examples(train_rows, r, rng)
-    steps_per_epoch = math.ceil(len(examples) / r.batch_size)
+    pairs = build_examples(train_rows, r, rng)
+    steps_per_epoch = math.ceil(len(epoch_examples(pairs, 0, r)) / r.batch_size)
     total = steps_per_epoch * r.epochs
     warmup = max(1, int(total * r.warmup_fraction))
     enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
@@ -206,8 +219,8 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
     )
-    log.info("examples %d, steps/epoch %d, trainable encoder params %d",
-             len(examples), steps_per_epoch, sum(p.numel() for p in enc_params))
+    log.info("examples/epoch %d, steps/epoch %d, trainable encoder params %d",
+             len(epoch_examples(pairs, 0, r)), steps_per_epoch, sum(p.numel() for p in enc_params))
 
     history = []
     best = None
@@ -216,6 +229,7 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     for epoch in range(r.stop_after_epochs or r.epochs):
         net.train()
         running = 0.0
+        examples = epoch_examples(pairs, epoch, r)
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
             _, raw = net(ids, mask)
             loss = torch.nn.functional.mse_loss(raw, target)

@@ -50,6 +50,28 @@ _SYNONYMS = [
     ("intelligent", "smart"), ("ill", "sick"), ("shout", "yell"), ("shouting", "yelling"),
     ("killed", "slain"), ("attempt", "try"), ("attempted", "tried"), ("purchase", "buy"),
 ]
+# Same-kind named entities: swapping one for another changes what is asserted ("the capital is Lyon").
+_ENTITY_KINDS = {
+    "city": ["Paris", "London", "Berlin", "Rome", "Madrid", "Moscow", "Tokyo", "Beijing", "Washington",
+             "Chicago", "Boston", "Sydney", "Cairo", "Delhi", "Mumbai", "Toronto", "Lyon", "Dublin",
+             "Baghdad", "Jerusalem", "Seoul", "Vienna", "Athens", "Geneva", "Brussels", "Manila"],
+    "country": ["France", "Germany", "Italy", "Spain", "Russia", "China", "Japan", "India", "Canada",
+                "Brazil", "Mexico", "Egypt", "Iraq", "Iran", "Israel", "Pakistan", "Australia",
+                "Britain", "England", "Ireland", "Greece", "Syria", "Afghanistan", "Korea", "Turkey",
+                "Ukraine", "Poland", "Sweden", "Norway", "Nigeria", "Kenya", "Argentina", "America"],
+    "nationality": ["French", "German", "Italian", "Spanish", "Russian", "Chinese", "Japanese",
+                    "Indian", "Canadian", "British", "American", "Iraqi", "Iranian", "Israeli",
+                    "Egyptian", "Syrian", "Greek", "Turkish", "Korean", "Mexican", "Australian"],
+    "month": ["January", "February", "March", "April", "June", "July", "August", "September",
+              "October", "November", "December"],
+    "weekday": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+    "person": ["John", "Mary", "Bush", "Obama", "Clinton", "Smith", "Johnson", "Peter", "David",
+               "Michael", "Sarah", "James", "Robert", "Maria", "Anna", "Paul", "Tom", "Lisa"],
+    "colour": ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "purple", "orange",
+               "grey", "gray"],
+    "animal": ["dog", "cat", "horse", "cow", "sheep", "bird", "fish", "monkey", "lion", "tiger",
+               "elephant", "rabbit", "snake", "bear", "pig", "goat", "deer", "duck", "mouse"],
+}
 _NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                  "eleven", "twelve", "twenty", "hundred", "thousand", "million"]
 _AUXILIARIES = ["is", "are", "was", "were", "can", "could", "will", "would", "should", "has",
@@ -69,6 +91,9 @@ def _pair_map(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 ANTONYMS = _pair_map(_ANTONYMS)
+# proper nouns match case-sensitively ("Turkey", not "turkey"); common nouns in any case
+ENTITIES = {(w if w[0].isupper() else w.lower()): [o for o in kind if o != w]
+            for kind in _ENTITY_KINDS.values() for w in kind}
 SYNONYMS = _pair_map(_SYNONYMS)
 
 
@@ -97,6 +122,21 @@ def antonym_swap(text: str, rng: random.Random) -> str | None:
 def synonym_swap(text: str, rng: random.Random) -> str | None:
     """Replace one word by a near-synonym (a control: meaning kept)."""
     return _swap_from(SYNONYMS, text, rng)
+
+
+def entity_swap(text: str, rng: random.Random) -> str | None:
+    """Replace a name, place, date word, colour or animal by another of its kind: 'in Paris' -> 'in Lyon'."""
+    hits = [m for m in WORD.finditer(text)
+            if m.group() in ENTITIES or (m.group().lower() in ENTITIES and m.group().lower()[0].islower())]
+    if not hits:
+        return None
+    m = rng.choice(hits)
+    word = m.group()
+    choices = ENTITIES.get(word) or ENTITIES[word.lower()]
+    new = rng.choice(choices)
+    if new[0].islower():
+        new = _match_case(new, word)
+    return text[: m.start()] + new + text[m.end():]
 
 
 def negation_flip(text: str, rng: random.Random) -> str | None:
@@ -165,6 +205,7 @@ EDITS: dict[str, tuple[Callable[[str, random.Random], str | None], bool]] = {
     "antonym": (antonym_swap, True),
     "negation": (negation_flip, True),
     "number": (number_swap, True),
+    "entity": (entity_swap, True),
     "synonym": (synonym_swap, False),
     "filler": (add_filler, False),
     "reorder": (reorder_clauses, False),

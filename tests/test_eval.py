@@ -40,6 +40,23 @@ def test_edit_rules(rule, text, expected):
     assert rule(text, random.Random(0)) == expected
 
 
+@pytest.mark.parametrize("text,kind", [
+    ("The capital of France is Paris.", {"Paris", "France"}),
+    ("A dog is running in the park.", {"dog"}),
+    ("The meeting is on Monday.", {"Monday"}),
+])
+def test_entity_swap_replaces_one_entity_by_another_of_its_kind(text, kind):
+    out = edits.entity_swap(text, random.Random(0))
+    assert out is not None and out != text
+    removed = set(text.replace(".", "").split()) - set(out.replace(".", "").split())
+    assert len(removed) == 1 and removed <= kind
+
+
+def test_entity_swap_matches_proper_nouns_by_case():
+    assert edits.entity_swap("We ate turkey and china plates broke.", random.Random(0)) is None
+    assert edits.entity_swap("Nothing to swap here.", random.Random(0)) is None
+
+
 def test_number_swap_changes_the_number():
     out = edits.number_swap("He bought 3 apples.", random.Random(0))
     assert out != "He bought 3 apples." and out.startswith("He bought ") and "3 " not in out

@@ -1,0 +1,54 @@
+"""The training recipe's example construction (no training: that is `rewardrt train`)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+train = pytest.importorskip("rewardrt.models.train")
+
+
+def _rows():
+    return [
+        {"a": "A man is playing a guitar.", "b": "A man plays the guitar.", "source": "sick2014",
+         "similarity": 0.9, "entailment": "ENTAILMENT"},
+        {"a": "The man is not playing a guitar.", "b": "The man is playing a guitar.", "source": "sick2014",
+         "similarity": 0.8, "entailment": "CONTRADICTION"},
+        {"a": "Prices rose 3 percent in Paris.", "b": "Prices fell in Berlin.", "source": "msrp",
+         "similarity": 0.0, "paraphrase": 0},
+    ]
+
+
+def test_alternate_orders_cover_both_orders_over_two_epochs():
+    r = train.Recipe(edits_per_rule=2, identity_pairs=2, alternate_orders=True)
+    pairs = train.build_examples(_rows(), r, random.Random(0))
+    e0, e1 = train.epoch_examples(pairs, 0, r), train.epoch_examples(pairs, 1, r)
+    assert len(e0) == len(e1) == len(pairs)
+    assert sorted(e0 + e1) == sorted(e for pair in pairs for e in pair)
+    both = train.epoch_examples(pairs, 0, train.Recipe(alternate_orders=False))
+    assert len(both) == 2 * len(pairs)
+
+
+def test_targets_and_identity_pairs():
+    r = train.Recipe(edits_per_rule=2, identity_pairs=3, contradiction_scale=0.5, kept_target=1.0)
+    pairs = train.build_examples(_rows(), r, random.Random(0))
+    assert pairs[1][0] == ("The man is not playing a guitar.", "The man is playing a guitar.", pytest.approx(0.4))
+    targets = {(a, b): t for pair in pairs for a, b, t in pair}
+    assert targets[("Prices rose 3 percent in Paris.", "Prices fell in Berlin.")] == r.non_paraphrase_target
+    identity = [t for (a, b), t in targets.items() if a == b]
+    assert len(identity) == 3 and set(identity) == {1.0}
+    changed = [t for (a, b), t in targets.items() if a != b and t == r.changed_target]
+    assert changed  # negation / number / entity edits of the sentences above
+
+
+def test_shipped_recipe_loads(tmp_path):
+    from rewardrt.models import model_dir
+
+    recipe = train.Recipe.load(model_dir() / "recipe.json")
+    assert recipe.trainable_layers <= 6
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"epochs": 1, "nonsense": 2}))
+    with pytest.raises(ValueError, match="nonsense"):
+        train.Recipe.load(bad)
