@@ -26,6 +26,7 @@ from rewardrt.export.pairs import (
     DEV_FILE, LONG_PAIRS, Pairs, calibration_pairs, find_data_dir, validation_pairs,
 )
 from rewardrt.export.reference import DEFAULT_MAX_LENGTH, TorchReward
+from rewardrt.runtime.integrity import seal_bytes
 from rewardrt.runtime.metrics import Fidelity, fidelity
 from rewardrt.runtime.spec import (
     FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_TOKENIZER, PRECISIONS, ArtifactSpec,
@@ -77,6 +78,7 @@ class ExportConfig:
     outlier_channels: int = 8              # input channels per MatMul that may stay fp32
     gptq: bool = True                      # error-compensating rounding of integer-GEMM weights
     block_size: int = 32
+    activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +96,8 @@ class ExportConfig:
             raise ValueError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
         if not 0 <= self.outlier_channels <= 64:
             raise ValueError(f"outlier_channels must be in [0, 64], got {self.outlier_channels}")
+        if self.activation_chain not in quantize.CHAINS:
+            raise ValueError(f"activation_chain must be one of {quantize.CHAINS}, got {self.activation_chain!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
 
@@ -146,8 +150,9 @@ def _set_metadata(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: st
 
 
 def _write(model: onnx.ModelProto, path: Path) -> None:
+    """Serialize and seal (content digest, see rewardrt.runtime.integrity), then write."""
     with open(path, "wb") as f:
-        f.write(model.SerializeToString())
+        f.write(seal_bytes(model.SerializeToString()))
         f.flush()
         os.fsync(f.fileno())
 
@@ -209,7 +214,8 @@ def _quantized(fp32: onnx.ModelProto, plan: dict[str, str], cfg: ExportConfig,
                stats: ActivationStats, cache: dict) -> onnx.ModelProto:
     model = quantize.apply_plan(fp32, plan, cfg.block_size, stats.absmax, cfg.smooth_alpha,
                                 outliers=cfg.outlier_channels,
-                                hessians=stats.hessian if cfg.gptq else None, cache=cache)
+                                hessians=stats.hessian if cfg.gptq else None, cache=cache,
+                                chain=cfg.activation_chain)
     quantize.quantize_embedding_tables(model)
     return model
 
@@ -324,6 +330,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             quant_info.update(plan=plan, plan_counts=counts_plan, int8_embedding_tables=tables,
                               block_size=cfg.block_size, smooth_alpha=cfg.smooth_alpha,
                               outlier_channels=cfg.outlier_channels, gptq=cfg.gptq,
+                              activation_chain=cfg.activation_chain,
                               activation_scales="per token (row), symmetric int8, computed at run time",
                               weight_scales="per output channel (token) / per block (block)")
         else:

@@ -69,12 +69,23 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
 
+CHAINS = ("elementwise", "qlinear")
+
+
 def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: int,
-                               inv_smooth: np.ndarray | None) -> tuple[list[onnx.NodeProto], str, str]:
+                               inv_smooth: np.ndarray | None, k: int,
+                               chain: str = "qlinear") -> tuple[list[onnx.NodeProto], str, str]:
     """Per-token int8 quantization of activation ``x``: (nodes, uint8 tensor, per-row scale).
 
     Symmetric, one scale per row = max|x_row| / 127, stored as uint8 with zero point 128 so the GEMM
-    runs on MLAS's u8s8 kernels (VNNI where the CPU has it)."""
+    runs on MLAS's u8s8 kernels (VNNI where the CPU has it).
+
+    ``chain`` says how the divide-round-shift-cast step is written: ``elementwise`` as five ONNX
+    ops (Div, Round, Clip, Add, Cast: five passes over the activation), ``qlinear`` as one per-axis
+    ``QuantizeLinear`` on a [rows, K] view of it (one pass; the reshapes are views). Both give the
+    same codes (round half to even of x / scale, plus 128). ``k``: the activation's last dimension."""
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
     mk = helper.make_node
     nodes: list[onnx.NodeProto] = []
     if inv_smooth is not None:
@@ -83,9 +94,6 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         x = f"{p}.xsm"
     _const(graph, f"{p}.inv127", np.array(1.0 / 127.0, dtype=np.float32))
     _const(graph, f"{p}.tiny", np.array(1e-12, dtype=np.float32))
-    _const(graph, f"{p}.lo", np.array(-127.0, dtype=np.float32))
-    _const(graph, f"{p}.hi", np.array(127.0, dtype=np.float32))
-    _const(graph, f"{p}.zpf", np.array(128.0, dtype=np.float32))
     if opset >= 18:  # axes became an input in opset 18
         _const(graph, f"{p}.axes", np.array([-1], dtype=np.int64))
         reduce = mk("ReduceMax", [f"{p}.abs", f"{p}.axes"], [f"{p}.amax"], keepdims=1, name=f"{p}.ReduceMax")
@@ -96,6 +104,30 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         reduce,
         mk("Max", [f"{p}.amax", f"{p}.tiny"], [f"{p}.amax1"], name=f"{p}.Max"),
         mk("Mul", [f"{p}.amax1", f"{p}.inv127"], [f"{p}.ascale"], name=f"{p}.Scale"),
+    ]
+    if chain == "qlinear":
+        # per-axis QuantizeLinear wants a 1-D scale and zero point along one axis: view the
+        # activation as [rows, K]; the zero points (128 per row) come from a QuantizeLinear of the
+        # scales themselves with a huge scale (round(s / 1e30) + 128 = 128), sized like them.
+        _const(graph, f"{p}.flat", np.array([-1], dtype=np.int64))
+        _const(graph, f"{p}.rows_k", np.array([-1, k], dtype=np.int64))
+        _const(graph, f"{p}.huge", np.array(1e30, dtype=np.float32))
+        _const(graph, f"{p}.zp128", np.array(128, dtype=np.uint8))
+        nodes += [
+            mk("Shape", [x], [f"{p}.shape"], name=f"{p}.Shape"),
+            mk("Reshape", [f"{p}.ascale", f"{p}.flat"], [f"{p}.scale1d"], name=f"{p}.ScaleView"),
+            mk("QuantizeLinear", [f"{p}.scale1d", f"{p}.huge", f"{p}.zp128"], [f"{p}.zp1d"],
+               name=f"{p}.ZeroPoints"),
+            mk("Reshape", [x, f"{p}.rows_k"], [f"{p}.x2d"], name=f"{p}.RowsView"),
+            mk("QuantizeLinear", [f"{p}.x2d", f"{p}.scale1d", f"{p}.zp1d"], [f"{p}.xq2d"], axis=0,
+               name=f"{p}.Quantize"),
+            mk("Reshape", [f"{p}.xq2d", f"{p}.shape"], [f"{p}.xq"], name=f"{p}.View"),
+        ]
+        return nodes, f"{p}.xq", f"{p}.ascale"
+    _const(graph, f"{p}.lo", np.array(-127.0, dtype=np.float32))
+    _const(graph, f"{p}.hi", np.array(127.0, dtype=np.float32))
+    _const(graph, f"{p}.zpf", np.array(128.0, dtype=np.float32))
+    nodes += [
         mk("Div", [x, f"{p}.ascale"], [f"{p}.xs"], name=f"{p}.Div"),
         mk("Round", [f"{p}.xs"], [f"{p}.xr"], name=f"{p}.Round"),
         mk("Clip", [f"{p}.xr", f"{p}.lo", f"{p}.hi"], [f"{p}.xc"], name=f"{p}.Clip"),
@@ -187,7 +219,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                act_absmax: Mapping[str, np.ndarray] | None = None,
                alpha: float | None = None, outliers: int = 0,
                outlier_ratio: float = 6.0, hessians: Mapping[str, np.ndarray] | None = None,
-               cache: dict | None = None) -> onnx.ModelProto:
+               cache: dict | None = None, chain: str = "qlinear") -> onnx.ModelProto:
     """A copy of ``model`` with each MatMul named in ``plan`` rewritten by its scheme.
 
     MatMuls of the ``token`` scheme that read the same activation (Q, K and V) share one
@@ -196,7 +228,10 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     that many input channels whose calibration max exceeds ``outlier_ratio`` x the median channel's
     stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale.
     ``hessians`` (per MatMul: XᵀX of its calibration input) turn on GPTQ rounding of the weights;
-    pass the same ``cache`` dict to every call of one export to compute it once per MatMul."""
+    pass the same ``cache`` dict to every call of one export to compute it once per MatMul.
+    ``chain``: how activations are quantized (see :func:`_quantize_activation_nodes`)."""
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
     unknown = {s for s in plan.values() if s not in SCHEMES}
     if unknown:
         raise ValueError(f"plan uses unknown schemes {sorted(unknown)}; known: {SCHEMES}")
@@ -245,7 +280,8 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
             x = node.input[0]
             if x not in quantized:
                 prefix = f"{node.name}.act"
-                nodes, xq, ascale = _quantize_activation_nodes(x, prefix, graph, opset, inv_smooth[x])
+                nodes, xq, ascale = _quantize_activation_nodes(x, prefix, graph, opset, inv_smooth[x],
+                                                               sites[node.name].k, chain)
                 new_nodes.extend(nodes)
                 quantized[x] = (xq, ascale)
                 if x in outlier_idx:

@@ -138,3 +138,32 @@ def test_config_validation():
         ExportConfig(precision="int4")
     with pytest.raises(ValueError, match="max_length"):
         ExportConfig(max_length=1)
+
+
+def test_both_activation_chains_give_identical_codes():
+    """The one-op QuantizeLinear chain must reproduce the elementwise chain's uint8 codes bit for bit
+    (round half to even, zero rows, tiny rows), hence identical MatMul outputs."""
+    from rewardrt.bench.quantchain import activation, codes_match
+
+    for k, n in ((32, 48), (384, 64)):
+        check = codes_match(k, n, activation(2, 9, k))
+        assert check["codes_identical"], check
+        assert check["output_max_abs_diff"] == 0.0, check
+
+
+def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_int8):
+    path, report = tiny_int8
+    model = onnx.load(str(path))
+    ops = _ops(path)
+    spec = json.loads({p.key: p.value for p in model.metadata_props}[KEY_SPEC])
+    assert spec["quantization"]["activation_chain"] == "qlinear"
+    activations = {n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
+    # one QuantizeLinear for the codes and one for the zero points per quantized activation
+    assert len(activations) >= 1 and report.plan.get("token", 0) >= 1
+    assert ops["QuantizeLinear"] == 2 * len(activations)
+    assert ops["Round"] == 0
+
+
+def test_activation_chain_is_checked():
+    with pytest.raises(ValueError, match="activation_chain must be one of"):
+        ExportConfig(activation_chain="fast")
