@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewardrt.runtime.cpu import check_integer_gemm
 from rewardrt.runtime.scorer import Scorer
 from rewardrt.runtime.session import make_session
 from rewardrt.runtime.spec import ArtifactSpec, spec_from_metadata
@@ -85,6 +86,7 @@ class RewardModel:
         session = make_session(self.path, threads)
         meta = session.get_modelmeta().custom_metadata_map
         spec, tokenizer_json = spec_from_metadata(meta, str(self.path))
+        check_integer_gemm(spec.quantization, str(self.path))  # warns on CPUs without VNNI
         if max_length is not None:
             if not isinstance(max_length, int) or isinstance(max_length, bool) or not 3 <= max_length <= spec.max_length:
                 raise ValueError(

@@ -303,8 +303,10 @@ def run_rank(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from rewardrt.runtime.cpu import cpu_features
+
     model = _load(args.model)
-    print(json.dumps({"path": str(model.path), **asdict(model.spec)}, indent=2))
+    print(json.dumps({"path": str(model.path), **asdict(model.spec), "cpu": cpu_features()}, indent=2))
     return 0
 
 

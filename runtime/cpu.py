@@ -1,0 +1,107 @@
+"""What the CPU can do for int8 GEMMs, detected once at model load (no dependency beyond numpy).
+
+Why it matters: the ``token`` scheme runs its MatMuls as uint8 x int8 integer GEMMs in onnxruntime's
+MLAS. With VNNI (AVX512_VNNI or AVX_VNNI) the products are summed straight into int32. Without it
+(AVX2, or AVX-512 without VNNI) MLAS uses VPMADDUBSW, which adds pairs of u8 x s8 products in int16
+and saturates there: with activations spanning the full uint8 range, as ours do, results can be
+wrong by a lot for rows with large values, so an artifact verified on a VNNI machine may score
+differently on such a CPU. ``block`` (MatMulNBits) and ``fp32`` MatMuls are not affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# numpy's names -> ours; numpy has no name for the 256-bit AVX-VNNI, /proc/cpuinfo does
+_NUMPY_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512BW": "avx512bw", "AVX512VNNI": "avx512_vnni"}
+_LINUX_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+_warned: set[str] = set()
+
+
+def _numpy_features() -> dict[str, bool]:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy >= 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
+        except ImportError:
+            return {}
+    return {ours: bool(features.get(theirs, False)) for theirs, ours in _NUMPY_FLAGS.items()}
+
+
+def _linux_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The first ``flags`` line of /proc/cpuinfo, or None where there is none (not Linux, or ARM)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> dict:
+    """{"machine", "source", flag -> bool, "int8_dot_product": "VNNI" | "AVX2 (no VNNI)" | ...}.
+
+    Flags come from /proc/cpuinfo where it lists them (it alone names AVX_VNNI and AMX), else from
+    numpy's own runtime dispatch table."""
+    machine = platform.machine().lower()
+    x86 = machine in ("x86_64", "amd64", "i386", "i686")
+    linux = _linux_flags() if x86 else None
+    if linux is not None:
+        flags = {f: f in linux for f in _LINUX_FLAGS}
+        source = "/proc/cpuinfo"
+    else:
+        flags = {f: False for f in _LINUX_FLAGS}
+        flags.update(_numpy_features())
+        source = "numpy" if x86 else "none (not x86)"
+    if not x86:
+        dot = "not x86 (no VPMADDUBSW saturation)"
+    elif flags["avx512_vnni"] or flags["avx_vnni"]:
+        dot = "VNNI"
+    elif flags["avx2"]:
+        dot = "AVX2 (no VNNI)"
+    else:
+        dot = "none"
+    return {"machine": machine, "source": source, **flags, "int8_dot_product": dot}
+
+
+def integer_gemm_may_saturate(features: dict | None = None) -> bool:
+    """True on x86 CPUs without VNNI, where MLAS's u8 x s8 GEMM sums products in saturating int16."""
+    f = cpu_features() if features is None else features
+    return f["int8_dot_product"] in ("AVX2 (no VNNI)", "none")
+
+
+def integer_gemm_count(quantization: dict) -> int:
+    """MatMuls of the ``token`` scheme in an artifact, from its spec's ``quantization`` entry."""
+    counts = quantization.get("plan_counts")
+    if isinstance(counts, dict):
+        return int(counts.get("token", 0))
+    plan = quantization.get("plan")
+    return sum(1 for s in plan.values() if s == "token") if isinstance(plan, dict) else 0
+
+
+def check_integer_gemm(quantization: dict, source: str, features: dict | None = None) -> bool:
+    """Warn once per artifact when it has integer-GEMM (``token``) MatMuls and this CPU lacks VNNI.
+
+    ``quantization``: the artifact spec's entry of that name. Returns True when it warned."""
+    token = integer_gemm_count(quantization or {})
+    if token == 0 or not integer_gemm_may_saturate(features) or source in _warned:
+        return False
+    _warned.add(source)
+    f = cpu_features() if features is None else features
+    log.warning(
+        "%s runs %d MatMuls as uint8 x int8 integer GEMMs, and this CPU (%s) has no VNNI: "
+        "onnxruntime's kernels here add products in saturating 16-bit sums, so scores may differ "
+        "from the verified ones (by a lot for inputs with large activations). Run on a CPU with "
+        "AVX512_VNNI or AVX_VNNI; or re-export the checkpoint on this machine (`rewardrt export`: "
+        "its plan search and fidelity gate then measure these kernels), or with --precision fp32.",
+        source, token, f["int8_dot_product"])
+    return True
