@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rewardrt.runtime.cpu import check_integer_gemm
+from rewardrt.runtime.integrity import check_artifact
 from rewardrt.runtime.scorer import Scorer
 from rewardrt.runtime.session import make_session
 from rewardrt.runtime.spec import ArtifactSpec, spec_from_metadata
@@ -23,13 +24,30 @@ class RankedResponse:
     score: float
 
 
+def check_text(name: str, value: object) -> str:
+    """``value`` if it is a str that can be tokenized; TypeError / ValueError naming ``name``.
+
+    Lone surrogates (e.g. ``"\\ud800"``, which JSON ``\\ud800`` escapes and ``errors="surrogateescape"``
+    decoding produce) are not Unicode text and cannot be encoded as UTF-8: refused, not replaced."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{name} holds a lone surrogate {value[exc.start]!r} at index {exc.start}, which is not "
+                "valid Unicode text; decode your bytes with errors='replace' or remove it"
+            ) from None
+    return value
+
+
 def _check_texts(name: str, values: Sequence[str]) -> list[str]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a list of str, got {type(values).__name__}")
     out = list(values)
     for i, v in enumerate(out):
-        if not isinstance(v, str):
-            raise TypeError(f"{name}[{i}] must be str, got {type(v).__name__}")
+        check_text(f"{name}[{i}]", v)
     return out
 
 
@@ -37,7 +55,7 @@ def normalize_references(responses: Sequence[str], reference: str | Sequence[str
     """One reference per response: a single str is repeated; a list must match in length."""
     responses = _check_texts("responses", responses)
     if isinstance(reference, str):
-        return [reference] * len(responses)
+        return [check_text("reference", reference)] * len(responses)
     references = _check_texts("reference", reference)
     if len(references) != len(responses):
         raise ValueError(
@@ -83,6 +101,9 @@ class RewardModel:
         if not isinstance(path, (str, Path)):
             raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
         self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file {str(self.path)!r} does not exist")
+        check_artifact(self.path)  # structure, format version and digest, before onnxruntime parses it
         session = make_session(self.path, threads)
         meta = session.get_modelmeta().custom_metadata_map
         spec, tokenizer_json = spec_from_metadata(meta, str(self.path))
@@ -103,10 +124,8 @@ class RewardModel:
 
     def score(self, response: str, reference: str) -> float:
         """Score one response against a reference answer on a 0-1 scale."""
-        if not isinstance(response, str):
-            raise TypeError(f"response must be str, got {type(response).__name__}")
-        if not isinstance(reference, str):
-            raise TypeError(f"reference must be str, got {type(reference).__name__}")
+        check_text("response", response)
+        check_text("reference", reference)
         return self.batch_score([response], reference)[0]
 
     def batch_score(self, responses: Sequence[str], reference: str | Sequence[str],

@@ -168,10 +168,13 @@ def _rows(src: BinaryIO, check: Callable[[dict], None], on_error: str,
 
 
 def _need_str(row: dict, key: str) -> None:
+    from rewardrt.runtime.api import check_text
+
     if key not in row:
         raise ValueError(f"missing field {key!r}")
     if not isinstance(row[key], str):
         raise TypeError(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    check_text(f"field {key!r}", row[key])  # a JSON "\\ud800" escape decodes to a lone surrogate
 
 
 def _check_pair(row: dict) -> None:
@@ -184,6 +187,10 @@ def _check_list(row: dict) -> None:
     values = row.get("responses")
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise TypeError("field 'responses' must be a list of strings")
+    from rewardrt.runtime.api import check_text
+
+    for i, value in enumerate(values):
+        check_text(f"field 'responses'[{i}]", value)
 
 
 class _NoBar:

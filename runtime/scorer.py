@@ -1,8 +1,19 @@
-"""Turns texts into scores: tokenize, group by length, pad to each group, run, restore input order.
+"""Turns texts into scores: tokenize, pad each row to a width set by its own length, group rows of
+one width into batches, run, restore input order.
 
-A pair's score does not depend on its batch neighbours beyond float32 rounding: every op of the
-exported graphs works per row (INT8 plans quantize activations per token, never per tensor), so
-batching changes speed, and at most the last bit or two of a score (~1e-7) through kernel blocking.
+A pair's score is bit-identical whatever its batch neighbours, the batch size and the order of the
+inputs (for one artifact, one onnxruntime build and one machine). Two things used to move the last
+bit or two of a score (~1e-7) and are ruled out here:
+
+- the padded width: reductions over the sequence (attention softmax, mean/max pooling) may sum in
+  a different order when a row is padded further. Every row is padded to :func:`padded_width` of
+  its own token count, so a row always runs at the same width;
+- a batch of one row: onnxruntime reduces a ``[1, L, H]`` tensor over ``L`` along another code path
+  than ``[B, L, H]`` with ``B > 1`` (the mean pooling's ReduceSum). A batch that would hold one row
+  runs with a copy of that row, whose output is dropped.
+
+Every op of the exported graphs works per row (INT8 plans quantize activations per token, never per
+tensor), so with the width and ``B > 1`` fixed nothing else depends on the neighbours.
 """
 
 from __future__ import annotations
@@ -19,10 +30,26 @@ from rewardrt.runtime.tokenizer import encode, pad
 # Padded tokens per forward pass. Bounds peak memory (attention is batch x heads x len^2) while
 # keeping GEMMs large enough to be efficient; long texts thus run in smaller batches.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+# (step, up to): widths are multiples of 16 up to 128 tokens, of 32 up to 256, of 64 up to 512 and
+# of 128 beyond, so padding adds at most 15 tokens to short rows and under 25% to longer ones.
+WIDTH_LADDER = ((16, 128), (32, 256), (64, 512))
+WIDTH_STEP_BEYOND = 128
+# Distinct texts tokenized at once: bounds the memory of token ids for huge inputs.
+TOKENIZE_CHUNK = 8192
+
+
+def padded_width(length: int, cap: int) -> int:
+    """The width a row of ``length`` tokens is padded to: a function of its own length only.
+
+    ``cap`` is the artifact's max_length (the position table), which no row exceeds."""
+    for step, top in WIDTH_LADDER:
+        if length <= top:
+            return min(cap, -(-length // step) * step)
+    return min(cap, -(-length // WIDTH_STEP_BEYOND) * WIDTH_STEP_BEYOND)
 
 
 class Scorer:
-    """Stateless between calls, so one instance may be shared by many threads."""
+    """Stateless between calls (no buffers are reused), so one instance may be shared by threads."""
 
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: ArtifactSpec,
                  source: str, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
@@ -39,29 +66,46 @@ class Scorer:
         self._inputs = inputs  # the feed is built from the graph's own input list
         self.max_batch_tokens = max_batch_tokens
 
+    def batches(self, lengths: np.ndarray, batch_size: int) -> list[tuple[int, np.ndarray]]:
+        """(width, row indices) per forward pass: rows of one padded width, at most ``batch_size``
+        rows and ``max_batch_tokens`` padded tokens each (at least one row)."""
+        widths = np.fromiter((padded_width(int(n), self.spec.max_length) for n in lengths),
+                             dtype=np.int64, count=len(lengths))
+        out = []
+        for width in np.unique(widths):
+            rows = np.flatnonzero(widths == width)
+            per_batch = max(1, min(batch_size, self.max_batch_tokens // int(width)))
+            out += [(int(width), rows[i:i + per_batch]) for i in range(0, len(rows), per_batch)]
+        return out
+
     def run(self, texts: Sequence[str], batch_size: int, output: str = "score") -> np.ndarray:
         """float32 scores (or raw head outputs) for ``texts``, in input order.
 
-        Identical texts are scored once. Rows are sorted by token length and cut into batches of at
-        most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
+        Identical texts are scored once. Distinct texts are tokenized ``TOKENIZE_CHUNK`` at a time
+        (token ids of a huge list are never all held at once); rows are grouped by padded width and
+        cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
         unique: dict[str, int] = {}
         slot = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64,
                            count=len(texts))
-        ids = encode(self.tokenizer, list(unique))
+        distinct = list(unique)
+        del unique
+        result = np.empty(len(distinct), dtype=np.float32)
+        for start in range(0, len(distinct), TOKENIZE_CHUNK):
+            chunk = distinct[start:start + TOKENIZE_CHUNK]
+            result[start:start + len(chunk)] = self._score_distinct(chunk, batch_size, output)
+        return result[slot]
+
+    def _score_distinct(self, texts: list[str], batch_size: int, output: str) -> np.ndarray:
+        ids = encode(self.tokenizer, texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(lengths, kind="stable")
         result = np.empty(len(ids), dtype=np.float32)
-        start = 0
-        while start < len(order):
-            stop = min(start + batch_size, len(order))
-            # rows are sorted ascending, so the last row of a batch is its longest
-            while stop - start > 1 and (stop - start) * lengths[order[stop - 1]] > self.max_batch_tokens:
-                stop -= 1
-            rows = order[start:stop]
-            input_ids, mask = pad([ids[i] for i in rows])
+        for width, rows in self.batches(lengths, batch_size):
+            group = [ids[i] for i in rows]
+            if len(group) == 1:
+                group.append(group[0])  # B = 1 takes another reduction path; see the module doc
+            input_ids, mask = pad(group, width=width)
             feed = {"input_ids": input_ids, "attention_mask": mask}
             (values,) = self.session.run([output], {name: feed[name] for name in self._inputs})
-            result[rows] = values
-            start = stop
-        return result[slot]
+            result[rows] = values[: len(rows)]
+        return result

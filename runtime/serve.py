@@ -11,8 +11,8 @@ Routes (all JSON):
                       -> [{"index", "score"(, "text")}], highest first; the query is the reference
     GET  /health, /info (model metadata), /metrics (Prometheus text)
 
-Concurrent requests are scored together by one worker thread (see ``serve_batcher``); scores equal
-in-process ``RewardModel.batch_score`` on the same pairs up to float32 rounding (~1e-7). Starlette,
+Concurrent requests are scored together by one worker thread (see ``serve_batcher``); scores are
+bit-identical to in-process ``RewardModel.batch_score`` on the same pairs. Starlette,
 uvicorn and prometheus-client are imported only when an app is built, so this module imports with
 the base install.
 """

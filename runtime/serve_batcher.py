@@ -3,9 +3,8 @@
 Requests put *jobs* (a list of pairs plus a future) on a bounded queue; one worker thread takes jobs
 until a token budget is met or the oldest job has waited ``max_wait_ms``, scores all their pairs with
 a single ``batch_score`` call and resolves each job's future with its own slice. A pair's score does
-not depend on its batch neighbours beyond float32 rounding (the shape of a forward pass can move the
-last bit or two, ~1e-7), so results equal in-process ``batch_score`` on the same pairs to that
-precision, and bit for bit when the batch holds exactly those pairs.
+not depend on its batch neighbours (see ``rewardrt.runtime.scorer``), so results are bit-identical
+to in-process ``batch_score`` on the same pairs.
 
 The thread is deliberate: scoring is CPU-bound and onnxruntime releases the GIL, so the event loop
 stays free to accept and parse requests while a batch runs.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewardrt.runtime.adapters import strip_prompt
+from rewardrt.runtime.api import check_text
 
 
 class RequestError(Exception):
@@ -81,6 +82,10 @@ def _text(value: Any, name: str, limits: Limits) -> str:
         raise RequestError(422, "validation", f"{name!r} must be a string, got {_kind(value)}")
     if len(value) > limits.max_chars:
         raise too_large(f"{name!r} length in characters", len(value), limits.max_chars, "max_chars")
+    try:
+        check_text(repr(name), value)  # a JSON "\\ud800" escape decodes to a lone surrogate
+    except ValueError as exc:
+        raise RequestError(422, "validation", str(exc)) from None
     return value
 
 

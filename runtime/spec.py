@@ -5,6 +5,7 @@ Metadata keys (all strings):
     rewardrt.format_version   integer, bumped on incompatible changes
     rewardrt.spec             JSON of :class:`ArtifactSpec`
     rewardrt.tokenizer        the tokenizer JSON (``tokenizers.Tokenizer.to_str()``)
+    rewardrt.sha256           format 2: the file's content digest (see ``rewardrt.runtime.integrity``)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sealed with a content digest; 1 (unsealed) still loads
 KEY_FORMAT = "rewardrt.format_version"
 KEY_SPEC = "rewardrt.spec"
 KEY_TOKENIZER = "rewardrt.tokenizer"
@@ -82,8 +83,8 @@ def spec_from_metadata(meta: dict[str, str], path: str) -> tuple[ArtifactSpec, s
         raise ArtifactError(f"{path!r} has an unreadable format version {meta[KEY_FORMAT]!r}") from exc
     if version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path!r} was written in artifact format {version}, newer than this rewardrt reads "
-            f"({FORMAT_VERSION}); upgrade rewardrt"
+            f"{path!r} was written by a newer rewardrt (artifact format {version}; this rewardrt "
+            f"reads formats up to {FORMAT_VERSION}); upgrade rewardrt"
         )
     try:
         spec = ArtifactSpec.from_json(meta[KEY_SPEC])

@@ -33,9 +33,13 @@ def encode(tok: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in encodings]
 
 
-def pad(ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to the longest row: (input_ids, attention_mask), both int64."""
-    width = max(len(row) for row in ids)
+def pad(ids: Sequence[Sequence[int]], pad_id: int = 0, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to ``width`` (default: the longest row): (input_ids, attention_mask), both int64."""
+    longest = max(len(row) for row in ids)
+    if width is None:
+        width = longest
+    elif width < longest:
+        raise ValueError(f"width {width} is shorter than the longest row ({longest} tokens)")
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
     for i, row in enumerate(ids):

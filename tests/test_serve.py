@@ -21,7 +21,6 @@ from rewardrt.runtime.serve_batcher import MicroBatcher, QueueFullError, Shuttin
 
 REF = "The capital of France is Paris."
 RESPONSES = ["Paris.", "It is Lyon.", "Paris is the capital of France.", "I do not know."]
-FLOAT32_ROUNDING = 1e-6  # scores may move in the last bit or two when batch shapes differ
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +195,7 @@ def test_concurrent_requests_share_batches(model, monkeypatch):
     assert gate.sizes == [3, 12]  # requests 1-4 went through the model in one call
     for i, responses in enumerate(requests):
         expected = model.batch_score(responses, REF)
-        assert results[i] == pytest.approx(expected, abs=FLOAT32_ROUNDING)
+        assert results[i] == expected  # bit-identical although they shared a batch
     assert 'rewardrt_requests_total{route="/score",status="200"} 5.0' in metrics
     assert "rewardrt_batch_size_count 2.0" in metrics
     assert "rewardrt_request_seconds_bucket" in metrics
@@ -310,7 +309,7 @@ def test_short_loadtest(tiny_int8):
     print(result.summary())
     assert result.errors == 0, result.error_samples
     assert result.requests > 0 and result.checked == result.pairs
-    assert result.max_diff <= FLOAT32_ROUNDING
+    assert result.max_diff == 0.0 and result.identical == result.checked
     assert result.server_exit == 0
     assert result.ok
 
