@@ -28,6 +28,9 @@ class BenchPlan:
     warmup_pairs: int                # one untimed batch of this many pairs per engine and thread count
     export_validation: int | None    # ExportConfig.validation_size for the artifacts we export
     export_calibration: int          # ExportConfig.calibration_size
+    profile_calls: int = 16          # profiled batch-1 calls (ordinary pairs, 20-80 tokens)
+    profile_batch_calls: int = 2     # profiled calls of 32 pairs
+    peak_calls: int = 5              # timed calls of the INT8 peak GEMM per op and thread count
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -40,6 +43,7 @@ QUICK = BenchPlan(
     mode="quick", rounds=1, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
     throughput_pairs=16, rl_steps=1, rl_groups=1, cold_repeats=1, fidelity_pairs=250,
     swap_per_rule=15, warmup_pairs=8, export_validation=64, export_calibration=32,
+    profile_calls=8, profile_batch_calls=1, peak_calls=3,
 )
 FULL = BenchPlan(
     mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, batches=(8, 32, 64),

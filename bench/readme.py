@@ -23,6 +23,17 @@ def _section(markdown: str, title: str) -> str:
     return "\n".join(line for line in body.splitlines() if line.startswith("|"))
 
 
+PROFILE_SECTIONS = ("## Where the time goes (rewardrt INT8)", "## INT8 throughput against the machine's peak")
+
+
+def _whole_section(markdown: str, title: str) -> str:
+    """Everything under ``title`` (text and tables) up to the next section, or "" if it is absent."""
+    if title not in markdown:
+        return ""
+    body = markdown.split(title, 1)[1].split("\n## ", 1)[0].strip()
+    return f"{title.replace('## ', '### ', 1)}\n\n{body}\n"
+
+
 def render(results_dir: Path) -> str:
     md = (results_dir / "results.md").read_text(encoding="utf-8")
     data = json.loads((results_dir / "results.json").read_text(encoding="utf-8"))
@@ -38,6 +49,7 @@ def render(results_dir: Path) -> str:
              _section(md, SECTIONS[0]), "",
              "Fidelity against the reference (1750 dev pairs, clamped scores):", "",
              _section(md, SECTIONS[1]), "",
+             *(text for title in PROFILE_SECTIONS if (text := _whole_section(md, title))),
              f"![batch-1 latency vs sequence length]({FIGURE.as_posix()})", "", END]
     return "\n".join(lines)
 

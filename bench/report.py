@@ -128,6 +128,7 @@ def markdown(results: dict) -> str:
     lines += _table(["engine", "cold start s", "speedup", "peak RSS MB", "of ref", "RSS one pair MB",
                      "installed MB", "of ref", "model MB", "of ref"], rows)
 
+    lines += profile_section(results)
     lines += ["## Fidelity against the reference", "",
               f"{w['fidelity']['pairs']} dev pairs, clamped scores.", "", f"![fidelity]({PLOTS['fidelity']})", ""]
     lines += _table(["engine", "pairs", "max abs Δ", "mean abs Δ", "Spearman", "agreement at 0.5"], [
@@ -162,6 +163,70 @@ def markdown(results: dict) -> str:
         rows.append([_label(e), built, plan, gate])
     lines += _table(["engine", "built", "MatMul plan", "export gate"], rows)
     return "\n".join(lines)
+
+
+def _op_rows(cases: dict, names: list[str], min_share: float = 0.005) -> list[list[str]]:
+    """Op types x cases: share of kernel time and ms per call; small op types pooled as "other"."""
+    shares: dict[str, float] = {}
+    for name in names:
+        for o in cases[name]["ops"]:
+            shares[o["op"]] = max(shares.get(o["op"], 0.0), o["share"])
+    shown = [op for op, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= min_share]
+    rows = []
+    for op in shown + ["other op types"]:
+        cells = [op]
+        for name in names:
+            ops = cases[name]["ops"]
+            sel = [o for o in ops if (o["op"] == op if op in shown else o["op"] not in shown)]
+            share = sum(o["share"] for o in sel)
+            ms = sum(o["ms_per_call"] for o in sel)
+            nodes = sum(o["nodes_per_call"] for o in sel)
+            cells += [f"{100 * share:.1f}%", f"{ms:.3f}", f"{nodes:g}"]
+        rows.append(cells)
+    return rows
+
+
+def profile_section(results: dict) -> list[str]:
+    """onnxruntime's per-op profile of rewardrt INT8, and its integer throughput against the peak."""
+    prof = results.get("profile")
+    if not prof or not prof.get("by_threads"):
+        return []
+    lines = ["## Where the time goes (rewardrt INT8)", "",
+             f"onnxruntime's profiler on {_label(prof['engine'])}, ordinary dev pairs (20–80 tokens), the "
+             "runtime's own session settings; share of kernel time per op type, milliseconds per call, "
+             "nodes per call. The first calls of each case are left out (warm-up).", ""]
+    for t, p in prof["by_threads"].items():
+        cases = p["cases"]
+        names = list(cases)
+        desc = "; ".join(f"{n}: {c['calls']} calls, {c['padded_tokens']:.0f} padded tokens, "
+                         f"{c['run_ms']:.2f} ms per call of which {c['kernel_ms']:.2f} ms in kernels"
+                         for n, c in cases.items())
+        lines += [f"{t} thread(s) — {desc}.", ""]
+        head = ["op type"] + [f"{n} {col}" for n in names for col in ("share", "ms", "nodes")]
+        lines += _table(head, _op_rows(cases, names))
+    eff = results.get("int8_efficiency") or []
+    peak = results.get("int8_peak") or {}
+    if peak.get("rows"):
+        shp = peak["shape"]
+        lines += ["## INT8 throughput against the machine's peak", "",
+                  f"Peak: one uint8 × int8 GEMM [{shp['m']}×{shp['k']}]·[{shp['k']}×{shp['n']}] in onnxruntime "
+                  "(bench/int8peak.py), 2·M·K·N per call, best of the timed calls (median in brackets). "
+                  "Integer GEMMs: the artifact's `token`-scheme MatMuls (MatMulIntegerToFloat), their "
+                  "2·M·K·N over their own kernel time at batch 32. Encoder effective: 2·M·K·N of every "
+                  "dense-layer GEMM, whatever its scheme (attention's own products not counted), over "
+                  "the whole call at batch 32.", ""]
+        lines += _table(["op", "threads", "peak GOPS"], [
+            [r["op"], str(r["threads"]), f"{r['best_gops']:.0f} ({r['median_gops']:.0f})"] for r in peak["rows"]])
+
+        def g(v):
+            return "–" if v is None else f"{v:.0f}"
+
+        lines += _table(["threads", "peak GOPS", "integer GEMMs GOPS", "of peak", "their share of the call",
+                         "encoder effective GOPS", "of peak"], [
+            [str(r["threads"]), g(r["peak_gops"]), g(r["integer_gemm_gops"]), _pct(r["integer_gemm_of_peak"]),
+             _pct(r["integer_gemm_share_of_call"]), g(r["encoder_effective_gops"]),
+             _pct(r["encoder_effective_of_peak"])] for r in eff])
+    return lines
 
 
 def _figure(width: float, height: float, cols: int = 1):

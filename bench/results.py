@@ -129,3 +129,24 @@ def summary_ratios(results: dict) -> dict[str, dict[str, float]]:
         out[engine]["installed_size_fraction"] = info["installed_fraction"]
         out[engine]["model_file_fraction"] = info["model_fraction"]
     return dict(out)
+
+
+def int8_efficiency(profiles: dict[str, dict], peak: dict, batch: int) -> list[dict]:
+    """Per thread count, at batch ``batch``: the integer GEMMs' GOPS (their 2·M·K·N over their own
+    kernel time) and the encoder's effective GOPS (2·M·K·N of every dense-layer GEMM, whatever its
+    scheme, over the whole call), each against the INT8 peak GEMM at the same thread count."""
+    rows = []
+    for t, prof in profiles.items():
+        case = prof["cases"].get(f"batch {batch}")
+        best = next((r["best_gops"] for r in peak["rows"]
+                     if r["op"] == "MatMulIntegerToFloat" and r["threads"] == int(t)), None)
+        if case is None or not best:
+            continue
+        integer = case["integer_gemm"]["gops"]
+        effective = case["all_gemm"]["gop_per_call"] / case["run_ms"] * 1e3 if case["run_ms"] else None
+        rows.append({"threads": int(t), "peak_gops": best,
+                     "integer_gemm_gops": integer, "integer_gemm_of_peak": integer / best if integer else None,
+                     "integer_gemm_share_of_call": case["integer_gemm"]["ms_per_call"] / case["run_ms"],
+                     "encoder_effective_gops": effective,
+                     "encoder_effective_of_peak": effective / best if effective else None})
+    return rows

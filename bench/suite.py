@@ -2,7 +2,8 @@
 
 Order of a run: conditions -> checkpoint and artifacts (cached) -> workloads -> one worker process
 per engine, measured in alternating rounds at each thread count -> fidelity and swap scores ->
-worker peak RSS -> cold starts in fresh processes -> sizes -> results.json, results.md, plots.
+worker peak RSS -> onnxruntime profile of rewardrt INT8 and the INT8 GEMM peak -> cold starts in
+fresh processes -> sizes -> results.json, results.md, plots.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from rewardrt.bench.engines import ENGINES, REFERENCE
 log = logging.getLogger(__name__)
 SCHEMA = 1
 SWAP_ENGINES = (REFERENCE, "torch-dynq", "ort-int8", "rewardrt-int8")
+PROFILED = "rewardrt-int8"   # the engine whose per-op profile and integer throughput are reported
+PROFILE_BATCH = 32
 
 
 def _steps(plan: BenchPlan, threads: tuple[int, ...]) -> int:
     engines = len(ENGINES)
     prepare = 4 + 1 + 1  # checkpoint and three kinds of artifacts, workloads, workers loaded
     measure = len(threads) * (engines + plan.rounds * engines)
-    return prepare + measure + engines + plan.cold_repeats * engines + 1
+    return prepare + measure + engines + len(threads) + 1 + plan.cold_repeats * engines + 1
 
 
 def _engine_table(prepared: artifacts.Prepared, loads: dict, stats: dict, exports: dict) -> dict:
@@ -107,6 +110,15 @@ def run(cfg: BenchConfig) -> dict:
             scored = runner.score_sets(workers, {"fidelity": list(workers), "swap": SWAP_ENGINES}, tick)
             stats = {name: w.call("stats") for name, w in workers.items()}
             loads = {name: w.load_info for name, w in workers.items()}
+            # after the peak-RSS reading: the profiler's sessions and the big GEMM add memory
+            profiles = {}
+            for t in cfg.threads:
+                profiles[str(t)] = workers[PROFILED].call(
+                    "profile", set="fidelity", threads=t, single_calls=plan.profile_calls,
+                    batch=PROFILE_BATCH, batch_calls=plan.profile_batch_calls)
+                tick(f"profile {t} thread(s)")
+            peak = workers[PROFILED].call("int8_peak", threads=list(cfg.threads), calls=plan.peak_calls)
+            tick("int8 peak")
         finally:
             for w in workers.values():
                 w.close()
@@ -124,6 +136,9 @@ def run(cfg: BenchConfig) -> dict:
             "cold_start": results.cold_start(cold),
             "fidelity": results.fidelity_rows(scored["fidelity"]),
             "swap": results.swap_rows(scored["swap"], workloads.info["swap"]["probes"]),
+            "profile": {"engine": PROFILED, "by_threads": profiles},
+            "int8_peak": peak,
+            "int8_efficiency": results.int8_efficiency(profiles, peak, PROFILE_BATCH),
         }
         for name in ("rewardrt-fp32", "rewardrt-int8"):
             res["engines"][name]["artifact"] = _artifact_facts(prepared.specs[name].model)

@@ -3,7 +3,7 @@
 Serve mode (default) reads one JSON request per line on stdin and writes one JSON reply per line
 on the original stdout; anything libraries print goes to stderr instead, so it cannot corrupt the
 protocol. Requests: ``load``, ``data``, ``threads``, ``warmup``, ``latency``, ``throughput``,
-``rl``, ``score``, ``stats``, ``quit``. Timings are taken here, around the engine calls only.
+``rl``, ``score``, ``profile``, ``int8_peak``, ``stats``, ``quit``. Timings are taken here, around the engine calls only.
 
 Cold mode (``--cold SPEC_JSON``) imports, loads, scores one pair and exits: the parent times the
 whole process from spawn to exit.
@@ -113,6 +113,23 @@ class Server:
     def op_score(self, req: dict) -> dict:
         s = self.sets[req["set"]]
         return {"scores": self.engine.batch_score(s["refs"], s["resps"], 64)}
+
+    def op_profile(self, req: dict) -> dict:
+        """onnxruntime's per-op profile of this engine's artifact (rewardrt engines only)."""
+        from rewardrt.bench.profile import profile_artifact
+
+        model = getattr(self.engine, "model", None)
+        if not hasattr(model, "spec"):
+            raise ValueError("profile needs a rewardrt engine")
+        s = self.sets[req["set"]]
+        return profile_artifact(str(model.path), s["refs"], s["resps"], int(req["threads"]),
+                                single_calls=int(req["single_calls"]), batch=int(req["batch"]),
+                                batch_calls=int(req["batch_calls"]))
+
+    def op_int8_peak(self, req: dict) -> dict:
+        from rewardrt.bench.int8peak import measure
+
+        return measure(tuple(req["threads"]), calls=int(req["calls"]))
 
     def op_stats(self, req: dict) -> dict:
         return {"peak_rss": peak_rss_bytes(), "rss": current_rss_bytes()}

@@ -23,18 +23,10 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session on ``path``.
-
-    ``threads`` sets intra-op parallelism (default: the cores available to this process). Use 1 per
-    process when you run several scorer processes side by side (e.g. one per Ray actor or server
-    worker), so they do not oversubscribe the cores.
-    """
-    path = Path(path)
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options every rewardrt session uses (the bench's profiler starts from these too)."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -42,6 +34,22 @@ def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
     # Exported graphs are already fused offline; ENABLE_ALL adds the CPU layout passes on top.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    return opts
+
+
+def make_session(path: str | Path, threads: int | None = None,
+                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A CPU session on ``path``.
+
+    ``threads`` sets intra-op parallelism (default: the cores available to this process). Use 1 per
+    process when you run several scorer processes side by side (e.g. one per Ray actor or server
+    worker), so they do not oversubscribe the cores. ``options`` (from :func:`session_options`,
+    then changed) replaces the defaults, e.g. to turn on onnxruntime's profiler.
+    """
+    path = Path(path)
+    opts = options if options is not None else session_options(threads)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=[PROVIDER])
     except Exception as exc:  # onnxruntime raises several of its own exception types

@@ -109,3 +109,66 @@ def test_bad_paths_name_the_argument(tmp_path, capsys):
         BenchConfig.from_args(argparse.Namespace(quick=True, out=str(tmp_path / "file")))
     with pytest.raises(FileNotFoundError, match="--data-dir"):
         BenchConfig.from_args(argparse.Namespace(quick=True, data_dir=str(tmp_path / "nowhere")))
+
+
+def test_quick_bench_profiles_rewardrt_int8_and_measures_the_int8_peak(quick_run, tmp_path):
+    res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
+    prof = res["profile"]
+    assert prof["engine"] == "rewardrt-int8" and set(prof["by_threads"]) == {"1", "2"}
+    for p in prof["by_threads"].values():
+        assert set(p["cases"]) == {"batch 1", "batch 32"}
+        for name, case in p["cases"].items():
+            assert case["rows"] == (1 if name == "batch 1" else 32) and case["calls"] >= 1
+            shares = [o["share"] for o in case["ops"]]
+            assert abs(sum(shares) - 1.0) < 1e-6 and min(shares) >= 0
+            assert 0 < case["kernel_ms"] <= case["run_ms"]
+            assert abs(sum(o["ms_per_call"] for o in case["ops"]) - case["kernel_ms"]) < 1e-6 * case["kernel_ms"] + 1e-9
+            ops = {o["op"] for o in case["ops"]}
+            assert "MatMulIntegerToFloat" in ops and case["integer_gemm"]["gops"] > 0
+    peak = res["int8_peak"]
+    assert {(r["op"], r["threads"]) for r in peak["rows"]} == {
+        (op, t) for op in ("MatMulIntegerToFloat", "MatMulInteger") for t in (1, 2)}
+    assert all(r["best_gops"] >= r["median_gops"] > 0 for r in peak["rows"])
+    eff = {r["threads"]: r for r in res["int8_efficiency"]}
+    assert set(eff) == {1, 2} and all(r["integer_gemm_of_peak"] > 0 for r in eff.values())
+
+    md = (quick_run / "results.md").read_text(encoding="utf-8")
+    section = md.split("## Where the time goes (rewardrt INT8)", 1)[1].split("\n## ", 1)[0]
+    assert "MatMulIntegerToFloat" in section and "other op types" in section
+    assert "## INT8 throughput against the machine's peak" in md
+
+    from rewardrt.bench.readme import main as readme_main
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:start -->\nSTALE\n<!-- bench:end -->\ntail\n", encoding="utf-8")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the README figure is copied relative to the working directory
+    try:
+        assert readme_main([str(quick_run), "--readme", str(readme)]) == 0
+    finally:
+        os.chdir(cwd)
+    text = readme.read_text(encoding="utf-8")
+    assert "### Where the time goes (rewardrt INT8)" in text and "STALE" not in text and text.endswith("tail\n")
+
+
+def test_profile_breakdown_of_a_synthetic_trace():
+    from rewardrt.bench.profile import breakdown
+
+    def node(ts, dur, op, shapes=None):
+        args = {"op_name": op}
+        if shapes:
+            args.update(input_type_shape=[{"uint8": shapes[0]}], output_type_shape=[{"float": shapes[1]}])
+        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur, "args": args}
+
+    trace = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},      # warm-up, skipped
+             node(10, 50, "Add"),
+             {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+             node(210, 30, "MatMulIntegerToFloat", ([2, 3, 4], [2, 3, 5])), node(250, 10, "Add")]
+    b = breakdown(trace, skip_runs=1)
+    assert b["calls"] == 1 and b["run_ms"] == 0.1 and b["kernel_ms"] == 0.04
+    assert [(o["op"], round(o["share"], 3)) for o in b["ops"]] == [("MatMulIntegerToFloat", 0.75), ("Add", 0.25)]
+    assert b["integer_gemm"]["gop_per_call"] == 2 * 6 * 4 * 5 / 1e9
+    with pytest.raises(ValueError, match="nothing left"):
+        breakdown(trace, skip_runs=2)
