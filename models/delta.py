@@ -1,7 +1,8 @@
 """The default model's fp32 weights, stored compactly as a delta over the hash-pinned base.
 
 ``pack`` keeps only the encoder tensors that training changed (bit-exact comparison), plus the head,
-in one safetensors file. ``materialize`` rebuilds the full checkpoint folder in the
+in one safetensors file; a tensor that float16 holds exactly (the recipe's ``release_precision``) is
+stored as float16, the rest as float32, so packing never changes a value. ``materialize`` rebuilds the full checkpoint folder in the
 neuraltxt-reward-tiny layout, bit-identical to the trained one.
 """
 
@@ -19,6 +20,15 @@ from rewardrt.models.base import BASE_PACKAGE, BASE_SHA256, base_model_dir, writ
 HEAD_PREFIX = "head."
 
 
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float16 when that holds it exactly (a float16-released model), else unchanged."""
+    if t.dtype == torch.float32:
+        half = t.to(torch.float16)
+        if torch.equal(half.to(torch.float32), t):
+            return half.contiguous()
+    return t.contiguous()
+
+
 def pack(checkpoint_dir: str | Path, out: str | Path) -> dict:
     ckpt = Path(checkpoint_dir)
     base = load_file(str(base_model_dir() / "model.safetensors"))
@@ -28,7 +38,7 @@ def pack(checkpoint_dir: str | Path, out: str | Path) -> dict:
         raise ValueError(f"{ckpt} has tensors the base encoder lacks ({sorted(added)[:3]}); cannot store a delta")
     # buffers the base file carries but newer transformers no longer save (embeddings.position_ids)
     dropped = sorted(set(base) - set(trained))
-    changed = {k: v.contiguous() for k, v in trained.items() if not torch.equal(v, base[k])}
+    changed = {k: _compact(v) for k, v in trained.items() if not torch.equal(v, base[k])}
     head = torch.load(ckpt / "head_weights.pt", map_location="cpu", weights_only=True)
     changed.update({HEAD_PREFIX + k: v.contiguous() for k, v in head.items()})
     meta = {"base_package": BASE_PACKAGE, "base_sha256": json.dumps(BASE_SHA256), "format": "pt",
@@ -54,7 +64,7 @@ def materialize(delta_path: str | Path, out_dir: str | Path) -> Path:
     head = {k[len(HEAD_PREFIX):]: v for k, v in delta.items() if k.startswith(HEAD_PREFIX)}
     for k, v in delta.items():
         if not k.startswith(HEAD_PREFIX):
-            weights[k] = v
+            weights[k] = v.to(weights[k].dtype)  # float16-stored tensors back to the base's float32
     for k in json.loads(meta.get("dropped", "[]")):
         weights.pop(k, None)
     write_checkpoint(weights, head, out_dir, base_dir)

@@ -54,8 +54,17 @@ class Recipe:
     non_paraphrase_target: float = 0.25
     changed_target: float = 0.05       # meaning-changing edit
     kept_target: float = 0.95          # meaning-preserving edit
+    # The released encoder weights are the trained ones rounded to this precision (kept as fp32 in the
+    # checkpoint; the delta then stores them losslessly in half the bytes). "float32": no rounding.
+    release_precision: str = "float32"
     threads: int = 2
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.release_precision not in ("float32", "float16"):
+            raise ValueError(f"release_precision must be 'float32' or 'float16', got {self.release_precision!r}")
+        if not 1 <= self.trainable_layers <= 6:
+            raise ValueError(f"trainable_layers must be 1..6, got {self.trainable_layers}")
 
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":
@@ -177,8 +186,20 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
     return m
 
 
-def save_checkpoint(net: RewardNet, base: Path, out: Path) -> None:
-    write_checkpoint({k: v.detach() for k, v in net.encoder.state_dict().items()},
+def release_weights(net: RewardNet, precision: str) -> dict[str, torch.Tensor]:
+    """The encoder tensors as released: trained ones rounded to ``precision``, frozen ones untouched."""
+    trained = {n for n, p in net.encoder.named_parameters() if p.requires_grad}
+    out = {}
+    for k, v in net.encoder.state_dict().items():
+        v = v.detach()
+        if k in trained and precision == "float16":
+            v = v.to(torch.float16).to(v.dtype)
+        out[k] = v
+    return out
+
+
+def save_checkpoint(net: RewardNet, base: Path, out: Path, precision: str = "float32") -> None:
+    write_checkpoint(release_weights(net, precision),
                      {k: v.detach().clone() for k, v in net.head.state_dict().items()}, out, base)
 
 
@@ -244,13 +265,18 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
                 log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
                          steps_per_epoch, running / 100, time.time() - t0)
                 running = 0.0
+        if r.release_precision != "float32":  # select on the weights that would be released
+            live = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+            net.encoder.load_state_dict(release_weights(net, r.release_precision))
         metrics = dev_metrics(net, tokenizer, dev_rows)
         metrics.update(epoch=epoch + 1, elapsed_s=round(time.time() - t0, 1))
         history.append(metrics)
         log.info("dev after epoch %d: %s", epoch + 1, json.dumps(metrics))
         if best is None or metrics["selection"] > best["selection"]:
             best = metrics
-            save_checkpoint(net, base, out_dir / "checkpoint")
+            save_checkpoint(net, base, out_dir / "checkpoint", r.release_precision)
+        if r.release_precision != "float32":
+            net.encoder.load_state_dict(live)  # keep training the unrounded weights
     summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"],
                "wall_time_s": round(time.time() - t0, 1), "threads": r.threads,
                "torch": torch.__version__}

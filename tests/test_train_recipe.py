@@ -52,3 +52,32 @@ def test_shipped_recipe_loads(tmp_path):
     bad.write_text(json.dumps({"epochs": 1, "nonsense": 2}))
     with pytest.raises(ValueError, match="nonsense"):
         train.Recipe.load(bad)
+
+
+@pytest.mark.slow
+def test_pack_stores_float16_released_tensors_losslessly(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from rewardrt.models.base import base_model_dir, write_checkpoint
+    from rewardrt.models.delta import materialize, pack
+
+    weights = load_file(str(base_model_dir() / "model.safetensors"))
+    weights.pop("embeddings.position_ids", None)
+    g = torch.Generator().manual_seed(0)
+    name16 = "encoder.layer.5.attention.self.query.weight"
+    name32 = "encoder.layer.5.output.dense.bias"
+    w = weights[name16]
+    weights[name16] = (w + 1e-3 * torch.randn(w.shape, generator=g)).half().float()  # released at fp16
+    weights[name32] = weights[name32] + 1e-7                                           # not fp16-exact
+    head = {"1.weight": torch.randn(1, 768, generator=g), "1.bias": torch.tensor([0.3])}
+    ckpt = write_checkpoint(weights, head, tmp_path / "trained")
+    info = pack(ckpt, tmp_path / "delta.safetensors")
+    assert info["tensors"] == 4
+    with safe_open(str(tmp_path / "delta.safetensors"), framework="pt") as f:
+        assert f.get_slice(name16).get_dtype() == "F16"
+        assert f.get_slice(name32).get_dtype() == "F32"
+    out = materialize(tmp_path / "delta.safetensors", tmp_path / "rebuilt")
+    rebuilt = load_file(str(out / "model.safetensors"))
+    assert all(rebuilt[k].dtype == torch.float32 and torch.equal(rebuilt[k], weights[k]) for k in weights)
