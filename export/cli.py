@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rewardrt.export.errors import ExportError, FidelityError
 
@@ -29,6 +33,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) so the export's working folder is removed on the way out
+    (the output file is only ever replaced atomically, see export/workdir.py)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from rewardrt.export.exporter import ExportConfig, export
 
@@ -38,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            threads=args.threads)
-        report = export(args.checkpoint_dir, args.output, cfg)
+        with _sigterm_unwinds():
+            report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:
         if exc.report is not None:
             print(exc.report.describe(), file=sys.stderr)

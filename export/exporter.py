@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ from rewardrt.export.pairs import (
     DEV_FILE, LONG_PAIRS, Pairs, calibration_pairs, find_data_dir, validation_pairs,
 )
 from rewardrt.export.reference import DEFAULT_MAX_LENGTH, TorchReward
-from rewardrt.runtime.integrity import seal_bytes
+from rewardrt.export.workdir import export_workdir, remove_stale_workdirs
+from rewardrt.runtime.integrity import fsync_dir, seal_bytes
 from rewardrt.runtime.metrics import Fidelity, fidelity
 from rewardrt.runtime.spec import (
     FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_TOKENIZER, PRECISIONS, ArtifactSpec,
@@ -293,6 +293,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         raise ValueError(f"output {str(output)!r} is a directory; give a file path ending in .onnx")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist")
+    remove_stale_workdirs(output.parent)  # left by exports that were killed (SIGKILL)
     files = locate(checkpoint_dir)
     config = read_config(files)
     max_length = min(cfg.max_length, config["max_position_embeddings"])
@@ -309,8 +310,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         checkpoint_digest=files.digest(), versions=_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    with tempfile.TemporaryDirectory(prefix=".rewardrt-export-", dir=output.parent) as tmp:
-        work = Path(tmp)
+    # everything is written in a locked working folder next to the output, see export/workdir.py
+    with export_workdir(output.parent) as work:
         graph.trace(reference.net, work / "traced.onnx")
         int8 = cfg.precision == "int8"
         # INT8 keeps Q/K/V as separate MatMuls (MultiHeadAttention) so they can be quantized, and
@@ -365,4 +366,5 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         report.file_bytes = candidate.stat().st_size
         report.seconds = time.time() - t0
         os.replace(candidate, output)
+        fsync_dir(output.parent)
     return report
