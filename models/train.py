@@ -41,6 +41,9 @@ class Recipe:
     max_length: int = 128              # pairs here are short; inference still truncates at 512
     lr_encoder: float = 4e-5
     lr_head: float = 1e-3
+    layer_lr_decay: float = 1.0        # layer i (of n) trains at lr_encoder * decay**(n-1-i): lower layers
+                                       # move less and keep more of the base model's similarity knowledge
+    eval_every_steps: int | None = None  # dev selection also within epochs (None: after each epoch only)
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
@@ -233,8 +236,15 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     total = steps_per_epoch * r.epochs
     warmup = max(1, int(total * r.warmup_fraction))
     enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
+    groups = {}
+    for name, p in net.encoder.named_parameters():
+        if p.requires_grad:
+            layer = int(name.split(".")[2])
+            groups.setdefault(layer, []).append(p)
     opt = torch.optim.AdamW(
-        [{"params": enc_params, "lr": r.lr_encoder}, {"params": net.head.parameters(), "lr": r.lr_head}],
+        [{"params": ps, "lr": r.lr_encoder * r.layer_lr_decay ** (n_layers - 1 - layer)}
+         for layer, ps in sorted(groups.items())]
+        + [{"params": net.head.parameters(), "lr": r.lr_head}],
         weight_decay=r.weight_decay,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
@@ -247,6 +257,25 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     best = None
     t0 = time.time()
     step = 0
+
+    def select(epoch: int) -> None:
+        """Dev metrics of the weights as they would be released; keep the best checkpoint."""
+        nonlocal best
+        live = None
+        if r.release_precision != "float32":
+            live = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+            net.encoder.load_state_dict(release_weights(net, r.release_precision))
+        metrics = dev_metrics(net, tokenizer, dev_rows)
+        metrics.update(epoch=epoch, step=step, elapsed_s=round(time.time() - t0, 1))
+        history.append(metrics)
+        log.info("dev at epoch %d step %d: %s", epoch, step, json.dumps(metrics))
+        if best is None or metrics["selection"] > best["selection"]:
+            best = metrics
+            save_checkpoint(net, base, out_dir / "checkpoint", r.release_precision)
+        if live is not None:
+            net.encoder.load_state_dict(live)  # keep training the unrounded weights
+        net.train()
+
     for epoch in range(r.stop_after_epochs or r.epochs):
         net.train()
         running = 0.0
@@ -265,19 +294,10 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
                 log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
                          steps_per_epoch, running / 100, time.time() - t0)
                 running = 0.0
-        if r.release_precision != "float32":  # select on the weights that would be released
-            live = {k: v.clone() for k, v in net.encoder.state_dict().items()}
-            net.encoder.load_state_dict(release_weights(net, r.release_precision))
-        metrics = dev_metrics(net, tokenizer, dev_rows)
-        metrics.update(epoch=epoch + 1, elapsed_s=round(time.time() - t0, 1))
-        history.append(metrics)
-        log.info("dev after epoch %d: %s", epoch + 1, json.dumps(metrics))
-        if best is None or metrics["selection"] > best["selection"]:
-            best = metrics
-            save_checkpoint(net, base, out_dir / "checkpoint", r.release_precision)
-        if r.release_precision != "float32":
-            net.encoder.load_state_dict(live)  # keep training the unrounded weights
-    summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"],
+            if r.eval_every_steps and step % r.eval_every_steps == 0 and i + 1 < steps_per_epoch:
+                select(epoch + 1)
+        select(epoch + 1)
+    summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"], "selected_step": best["step"],
                "wall_time_s": round(time.time() - t0, 1), "threads": r.threads,
                "torch": torch.__version__}
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2))
