@@ -29,8 +29,8 @@ class BenchPlan:
     export_validation: int | None    # ExportConfig.validation_size for the artifacts we export
     export_calibration: int          # ExportConfig.calibration_size
     profile_calls: int = 16          # profiled batch-1 calls (ordinary pairs, 20-80 tokens)
-    profile_batch_calls: int = 2     # profiled calls of 32 pairs
-    peak_calls: int = 5              # timed calls of the INT8 peak GEMM per op and thread count
+    profile_batch_calls: int = 4     # profiled calls of 32 pairs
+    peak_calls: int = 8              # timed calls of the INT8 peak GEMM per op and thread count
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

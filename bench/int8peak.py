@@ -44,7 +44,7 @@ def _model(op: str, k: int, n: int):
 
 
 def measure(threads: tuple[int, ...] = (1, 2), shape: tuple[int, int, int] = DEFAULT_SHAPE,
-            calls: int = 5, ops: tuple[str, ...] = ("MatMulIntegerToFloat", "MatMulInteger")) -> dict:
+            calls: int = 8, ops: tuple[str, ...] = ("MatMulIntegerToFloat", "MatMulInteger")) -> dict:
     """GOPS of each op at each thread count: best and median over ``calls`` timed calls."""
     import onnxruntime as ort
 
@@ -53,20 +53,21 @@ def measure(threads: tuple[int, ...] = (1, 2), shape: tuple[int, int, int] = DEF
     m, k, n = shape
     a = np.random.default_rng(1).integers(0, 256, size=(m, k), dtype=np.uint8)
     work = 2 * m * k * n
-    rows = []
+    sessions = {}
     for op in ops:
         blob = _model(op, k, n).SerializeToString()
         for t in threads:
-            session = ort.InferenceSession(blob, session_options(t), providers=["CPUExecutionProvider"])
-            session.run(None, {"a": a})  # warm-up: packs the weights
-            times = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                session.run(None, {"a": a})
-                times.append(time.perf_counter() - t0)
-            rows.append({"op": op, "threads": t, "best_gops": work / min(times) / 1e9,
-                         "median_gops": work / statistics.median(times) / 1e9, "calls": calls})
-            del session
+            sessions[(op, t)] = ort.InferenceSession(blob, session_options(t), providers=["CPUExecutionProvider"])
+            sessions[(op, t)].run(None, {"a": a})  # warm-up: packs the weights
+    times: dict[tuple, list[float]] = {key: [] for key in sessions}
+    for _ in range(calls):  # configurations interleaved call by call, so machine drifts hit all alike
+        for key, session in sessions.items():
+            t0 = time.perf_counter()
+            session.run(None, {"a": a})
+            times[key].append(time.perf_counter() - t0)
+    rows = [{"op": op, "threads": t, "best_gops": work / min(ts) / 1e9,
+             "median_gops": work / statistics.median(ts) / 1e9, "calls": calls}
+            for (op, t), ts in times.items()]
     return {"shape": {"m": m, "k": k, "n": n}, "gop_per_call": work / 1e9, "rows": rows}
 
 
@@ -78,7 +79,7 @@ def peak(result: dict, threads: int, op: str = "MatMulIntegerToFloat") -> float 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rewardrt.bench.int8peak", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--calls", type=int, default=8)
     p.add_argument("--shape", default="x".join(map(str, DEFAULT_SHAPE)), help="MxKxN")
     args = p.parse_args(argv)
     try:

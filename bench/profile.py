@@ -62,6 +62,7 @@ def breakdown(trace: list[dict], skip_runs: int = 0) -> dict:
     per_op: dict[str, dict] = defaultdict(lambda: {"us": 0.0, "nodes": 0})
     integer = {"ops": 0, "us": 0.0}
     gemm = {"ops": 0, "us": 0.0}
+    integer_per_run = np.zeros((len(kept), 2))  # (ops, us) of each call's integer GEMMs
     for e in nodes:
         i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
         if i < 0 or e["ts"] > windows[i][1]:
@@ -75,6 +76,7 @@ def breakdown(trace: list[dict], skip_runs: int = 0) -> dict:
         if op in INTEGER_GEMM_OPS:
             integer["ops"] += gemm_ops(e)
             integer["us"] += e["dur"]
+            integer_per_run[i] += (gemm_ops(e), e["dur"])
     calls = len(kept)
     kernel_us = sum(v["us"] for v in per_op.values())
     run_us = sum(r["dur"] for r in kept)
@@ -87,8 +89,10 @@ def breakdown(trace: list[dict], skip_runs: int = 0) -> dict:
 
     return {"calls": calls, "run_ms": run_us / calls / 1e3, "kernel_ms": kernel_us / calls / 1e3,
             "ops": ops,
+            # best_gops: the call whose integer GEMMs ran fastest (comparable with the peak's best call)
             "integer_gemm": {"gops": gops(integer), "ms_per_call": integer["us"] / calls / 1e3,
-                             "gop_per_call": integer["ops"] / calls / 1e9},
+                             "gop_per_call": integer["ops"] / calls / 1e9,
+                             "best_gops": max((o / (u * 1e3) for o, u in integer_per_run if u > 0), default=None)},
             "all_gemm": {"gops": gops(gemm), "ms_per_call": gemm["us"] / calls / 1e3,
                          "gop_per_call": gemm["ops"] / calls / 1e9}}
 
@@ -134,11 +138,44 @@ def profile_artifact(path: str | Path, refs: Sequence[str], resps: Sequence[str]
     return out
 
 
+def call_overhead(path: str | Path, refs: Sequence[str], resps: Sequence[str], threads: int,
+                  calls: int = 16, repeats: int = 3, tokens: tuple[int, int] = (20, 80)) -> dict:
+    """Batch-1 time of ``RewardModel.score`` against ``session.run`` alone on the same, already
+    tokenized pair, interleaved call by call: the difference is what a call costs outside
+    onnxruntime (argument checks, tokenization, padding, sorting, result conversion)."""
+    import time
+
+    from rewardrt.runtime import RewardModel
+    from rewardrt.runtime.api import build_texts
+    from rewardrt.runtime.tokenizer import encode, pad
+
+    model = RewardModel(path, threads=threads)
+    session = model._scorer.session
+    texts = build_texts(list(resps), list(refs))
+    ids = encode(model._scorer.tokenizer, texts)
+    chosen = [i for i, x in enumerate(ids) if tokens[0] <= len(x) <= tokens[1]][:calls] or list(range(min(calls, len(ids))))
+    score_s, run_s = [], []
+    for _ in range(repeats + 1):
+        for i in chosen:
+            input_ids, mask = pad([ids[i]])
+            t0 = time.perf_counter()
+            session.run(["score"], {"input_ids": input_ids, "attention_mask": mask})
+            t1 = time.perf_counter()
+            model.score(resps[i], refs[i])
+            t2 = time.perf_counter()
+            run_s.append(t1 - t0)
+            score_s.append(t2 - t1)
+    n = len(chosen)
+    score_ms = float(np.median(score_s[n:])) * 1e3  # the first pass is a warm-up
+    run_ms = float(np.median(run_s[n:])) * 1e3
+    return {"threads": threads, "calls": n * repeats, "score_ms": score_ms, "session_run_ms": run_ms,
+            "overhead_ms": score_ms - run_ms, "overhead_share": (score_ms - run_ms) / score_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m rewardrt.bench.profile [--model M.onnx] [--threads 1,2] [--peak]``: the report's
     profile section (and, with ``--peak``, the INT8 peak comparison) for one artifact."""
     import argparse
-    import sys
 
     from rewardrt.bench import report, results
     from rewardrt.export.pairs import find_data_dir
@@ -147,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="artifact (default: the embedded default model)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--calls", type=int, default=16, help="batch-1 calls")
-    p.add_argument("--batch-calls", type=int, default=2, help="calls of 32 pairs")
+    p.add_argument("--batch-calls", type=int, default=4, help="calls of 32 pairs")
     p.add_argument("--peak", action="store_true", help="also measure the INT8 GEMM peak")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="also write the figures here")
@@ -161,13 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     profiles = {str(t): profile_artifact(args.model, [r["a"] for r in rows], [r["b"] for r in rows], t,
                                          args.calls, 32, args.batch_calls) for t in threads}
     res = {"profile": {"engine": "rewardrt-int8", "by_threads": profiles}}
+    res["call_overhead"] = [call_overhead(args.model, [r["a"] for r in rows], [r["b"] for r in rows], t)
+                            for t in threads]
     if args.peak:
         from rewardrt.bench.int8peak import measure
 
-        res["int8_peak"] = measure(threads)
+        res["int8_peak"] = measure(threads, calls=8)
         res["int8_efficiency"] = results.int8_efficiency(profiles, res["int8_peak"], 32)
     print(f"model: {args.model}\n")
     print("\n".join(report.profile_section(res)))
+    for o in res["call_overhead"]:
+        print(f"batch-1 call, {o['threads']} thread(s): RewardModel.score {o['score_ms']:.2f} ms, session.run "
+              f"{o['session_run_ms']:.2f} ms: {o['overhead_ms']:.2f} ms ({100 * o['overhead_share']:.0f}%) "
+              f"outside onnxruntime (median of {o['calls']} interleaved calls)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0

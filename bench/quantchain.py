@@ -24,10 +24,11 @@ SHAPES = (("b1x40 K384 N384", 1, 40, 384, 384), ("b1x40 K384 N1536", 1, 40, 384,
           ("b1x40 K1536 N384", 1, 40, 1536, 384), ("b32x64 K384 N384", 32, 64, 384, 384),
           ("b32x64 K384 N1536", 32, 64, 384, 1536), ("b32x64 K1536 N384", 32, 64, 1536, 384))
 VARIANTS = ("fp32", "elementwise", "qlinear")
+# the block scheme (MatMulNBits, 8-bit, accuracy_level 4) at two block sizes, for comparison
+BLOCK_VARIANTS = ("block32", "block128")
 
 
 def _matmul_model(k: int, n: int, seed: int = 0):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -51,6 +52,8 @@ def build(k: int, n: int, variant: str, expose_codes: bool = False):
     model = _matmul_model(k, n)
     if variant == "fp32":
         return model
+    if variant.startswith("block"):
+        return apply_plan(model, {"mm": "block"}, block_size=int(variant[len("block"):]))
     model = apply_plan(model, {"mm": "token"}, chain=variant)
     if expose_codes:
         model.graph.output.append(onnx.helper.make_tensor_value_info("mm.act.xq", onnx.TensorProto.UINT8, None))
@@ -86,25 +89,26 @@ def codes_match(k: int, n: int, x: np.ndarray, threads: int = 1) -> dict:
             "output_max_abs_diff": float(np.abs(ye - yq).max())}
 
 
-def run(threads: tuple[int, ...], rounds: int, calls: int) -> dict:
+def run(threads: tuple[int, ...], rounds: int, calls: int, blocks: bool = False) -> dict:
     from rewardrt.runtime.session import make_session
 
+    variants = VARIANTS + (BLOCK_VARIANTS if blocks else ())
     results: dict = {"threads": list(threads), "rounds": rounds, "calls_per_round": calls, "shapes": []}
     with tempfile.TemporaryDirectory() as tmp:
         for label, b, s, k, n in SHAPES:
             x = activation(b, s, k)
             check = codes_match(k, n, x)
             paths = {}
-            for v in VARIANTS:
+            for v in variants:
                 paths[v] = Path(tmp) / f"{v}-{k}-{n}.onnx"
                 paths[v].write_bytes(build(k, n, v).SerializeToString())
             for t in threads:
-                sessions = {v: make_session(paths[v], t) for v in VARIANTS}
+                sessions = {v: make_session(paths[v], t) for v in variants}
                 for sess in sessions.values():  # warm-up
                     sess.run(None, {"x": x})
-                per_round: dict[str, list[float]] = {v: [] for v in VARIANTS}
+                per_round: dict[str, list[float]] = {v: [] for v in variants}
                 for r in range(rounds):
-                    order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+                    order = variants[r % len(variants):] + variants[:r % len(variants)]
                     for v in order:
                         t0 = time.perf_counter()
                         for _ in range(calls):
@@ -113,7 +117,8 @@ def run(threads: tuple[int, ...], rounds: int, calls: int) -> dict:
                 med = {v: statistics.median(ts) * 1e3 for v, ts in per_round.items()}
                 # per-round ratios, then their median: drifts of the shared machine cancel out
                 ratio = {f"{a}/{c}": statistics.median(x1 / x2 for x1, x2 in zip(per_round[a], per_round[c]))
-                         for a, c in (("elementwise", "fp32"), ("qlinear", "fp32"), ("qlinear", "elementwise"))}
+                         for a, c in (("elementwise", "fp32"), ("qlinear", "fp32"), ("qlinear", "elementwise"))
+                         + tuple((b, "fp32") for b in variants if b.startswith("block"))}
                 results["shapes"].append({"shape": label, "threads": t, "ms": med, "ratios": ratio, **check})
     return results
 
@@ -123,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--calls", type=int, default=20, help="calls per variant per round")
+    p.add_argument("--blocks", action="store_true", help="also time the block scheme (MatMulNBits)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     threads = tuple(int(t) for t in args.threads.split(","))
-    res = run(threads, args.rounds, args.calls)
+    res = run(threads, args.rounds, args.calls, args.blocks)
     print(f"{'shape':20} {'t':>2} {'fp32 ms':>8} {'elem ms':>8} {'qlin ms':>8} {'elem/fp32':>9} "
           f"{'qlin/fp32':>9} {'qlin/elem':>9}  codes")
     for r in res["shapes"]:
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['shape']:20} {r['threads']:>2} {m['fp32']:8.3f} {m['elementwise']:8.3f} {m['qlinear']:8.3f} "
               f"{q['elementwise/fp32']:9.3f} {q['qlinear/fp32']:9.3f} {q['qlinear/elementwise']:9.3f}  "
               f"{'identical' if r['codes_identical'] else str(r['codes_differing']) + ' differ'}"
-              f" (out max|Δ| {r['output_max_abs_diff']:.1e})")
+              f" (out max|Δ| {r['output_max_abs_diff']:.1e})"
+              + "".join(f"  {k} {v:.3f}" for k, v in q.items() if k.startswith("block")))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0
