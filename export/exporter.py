@@ -308,6 +308,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         precision=cfg.precision, max_length=max_length,
         hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
         checkpoint_digest=files.digest(), versions=_versions(),
+        single_row_safe=True,  # reference.meanmax_pool sums with a MatMul (tests/test_determinism.py)
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     # everything is written in a locked working folder next to the output, see export/workdir.py

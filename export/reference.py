@@ -25,7 +25,11 @@ DEFAULT_MAX_LENGTH = 512
 def meanmax_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean and masked max over the sequence axis, concatenated."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
-    mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    # the masked sum as a batched [1, L] x [L, H] product per row: exported, it runs the same kernel
+    # whatever the batch size (a ReduceSum over L takes another path for a batch of one row, which
+    # moved the last bit of a score); the same value as (hidden * m).sum(1) up to float rounding
+    summed = torch.matmul(m.transpose(1, 2), hidden).squeeze(1)
+    mean = summed / m.sum(1).clamp(min=1e-9)
     mx = hidden.masked_fill(m == 0, float("-inf")).max(1).values
     return torch.cat([mean, mx], dim=-1)
 

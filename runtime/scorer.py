@@ -9,8 +9,10 @@ bit or two of a score (~1e-7) and are ruled out here:
   a different order when a row is padded further. Every row is padded to :func:`padded_width` of
   its own token count, so a row always runs at the same width;
 - a batch of one row: onnxruntime reduces a ``[1, L, H]`` tensor over ``L`` along another code path
-  than ``[B, L, H]`` with ``B > 1`` (the mean pooling's ReduceSum). A batch that would hold one row
-  runs with a copy of that row, whose output is dropped.
+  than ``[B, L, H]`` with ``B > 1`` (the mean pooling's ReduceSum). Graphs exported since the
+  pooling sums with a MatMul (``spec.single_row_safe``) run the same kernels at any batch size;
+  for older graphs a batch that would hold one row runs with a copy of that row, whose output is
+  dropped.
 
 Every op of the exported graphs works per row (INT8 plans quantize activations per token, never per
 tensor), so with the width and ``B > 1`` fixed nothing else depends on the neighbours.
@@ -102,7 +104,7 @@ class Scorer:
         result = np.empty(len(ids), dtype=np.float32)
         for width, rows in self.batches(lengths, batch_size):
             group = [ids[i] for i in rows]
-            if len(group) == 1:
+            if len(group) == 1 and not self.spec.single_row_safe:
                 group.append(group[0])  # B = 1 takes another reduction path; see the module doc
             input_ids, mask = pad(group, width=width)
             feed = {"input_ids": input_ids, "attention_mask": mask}

@@ -42,6 +42,9 @@ class ArtifactSpec:
     hidden_size: int = 0
     num_layers: int = 0
     checkpoint_digest: str = ""
+    # True when a batch of one row runs the same kernels as larger batches (the pooling's masked
+    # sum is a MatMul); older graphs reduce with ReduceSum, so the scorer never runs them at B = 1
+    single_row_safe: bool = False
     quantization: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
