@@ -61,6 +61,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="characters per text (default: %(default)s)")
     p.add_argument("--graceful-timeout", type=float, default=d.graceful_timeout,
                    help="seconds to finish in-flight work on SIGTERM (default: %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout,
+                   help="seconds a client has to send its whole body; 408 beyond (default: %(default)s)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections at most; 503 beyond (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=run_serve)
@@ -325,7 +329,8 @@ def run_serve(args: argparse.Namespace) -> int:
         config = ServeConfig(max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                              max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                              max_items=args.max_items, max_chars=args.max_chars,
-                             graceful_timeout=args.graceful_timeout)
+                             graceful_timeout=args.graceful_timeout, body_timeout=args.body_timeout,
+                             max_connections=args.max_connections)
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     for name in SERVE_MODULES:

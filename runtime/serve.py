@@ -51,6 +51,8 @@ class ServeConfig:
     max_items: int = 1024  # texts per list in one request (413 beyond)
     max_chars: int = 20_000  # characters per text (413 beyond); the model truncates tokens anyway
     graceful_timeout: float = 30.0  # seconds to finish in-flight work on SIGTERM/SIGINT
+    body_timeout: float = 30.0  # seconds for a client to send its whole body (408 beyond; slow clients)
+    max_connections: int = 1024  # open connections at most; uvicorn answers 503 beyond (`serve` only)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -113,6 +115,7 @@ def serve(model: RewardModel | str | Path | None = None, *, host: str = DEFAULT_
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
         timeout_graceful_shutdown=max(1, round(config.graceful_timeout)),
+        limit_concurrency=config.max_connections,
     ))
     with _sigterm_exits_cleanly():
         server.run()

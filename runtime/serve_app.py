@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -46,6 +46,10 @@ def _json_errors(fn: Endpoint) -> Endpoint:
             return await fn(request)
         except RequestError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
+        except ClientDisconnect:  # the client left mid-body: nobody reads an answer, nothing failed
+            logger.info("%s %s: the client disconnected before sending its whole body",
+                        request.method, request.url.path)
+            return Response(status_code=400)
         except QueueFullError as exc:
             return _error(503, "overloaded", str(exc), headers={"Retry-After": "1"})
         except ShuttingDownError as exc:
@@ -58,22 +62,32 @@ def _json_errors(fn: Endpoint) -> Endpoint:
     return endpoint
 
 
-async def _read_json(request: Request, max_bytes: int) -> Any:
-    """The request's JSON body, refused with 413 past ``max_bytes`` (before reading when declared)."""
+async def _read_json(request: Request, max_bytes: int, timeout: float) -> Any:
+    """The request's JSON body, refused with 413 past ``max_bytes`` (before reading when declared)
+    and with 408 when it has not fully arrived after ``timeout`` seconds (slow clients)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise RequestError(400, "invalid_request", f"Content-Length {declared!r} is not a byte count")
         if int(declared) > max_bytes:
             raise too_large("the request body in bytes", int(declared), max_bytes, "max_body_bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large("the request body in bytes", size, max_bytes, "max_body_bytes")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large("the request body in bytes", size, max_bytes, "max_body_bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(408, "timeout", f"the request body did not arrive within {timeout:g} s; "
+                                           "send it in one go (--body-timeout)", limit="body_timeout") from None
+    return parse_json(raw)
 
 
 def _by_score(scores: list[float]) -> list[int]:
@@ -92,7 +106,7 @@ def build_app(model: RewardModel, config: ServeConfig) -> Starlette:
         return await asyncio.wrap_future(batcher.submit(responses, references, output))
 
     async def body(request: Request) -> Any:
-        return await _read_json(request, config.max_body_bytes)
+        return await _read_json(request, config.max_body_bytes, config.body_timeout)
 
     @_json_errors
     async def score(request: Request) -> Response:

@@ -313,3 +313,14 @@ def test_short_loadtest(tiny_int8):
     assert result.server_exit == 0
     assert result.ok
 
+
+
+def test_abuse_loopback(tiny_int8, tmp_path):
+    """Malformed, mistyped and oversize requests, slow clients, disconnects and a burst past the queue
+    get the right 4xx/503 and the server keeps serving correct scores (bench/abuse.py, shortened)."""
+    from rewardrt.bench.abuse import run_abuse
+
+    result = run_abuse(tiny_int8[0], slow_clients=8, burst=24, log=tmp_path / "serve.log")
+    print(result.summary())
+    assert result.ok, result.failures()
+    assert result.burst[503] > 0 and result.statuses[408] == 4
