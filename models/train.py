@@ -294,7 +294,7 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
                 log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
                          steps_per_epoch, running / 100, time.time() - t0)
                 running = 0.0
-            if r.eval_every_steps and step % r.eval_every_steps == 0 and i + 1 < steps_per_epoch:
+            if r.eval_every_steps and step % r.eval_every_steps == 0 and 0 < i < steps_per_epoch - 1:
                 select(epoch + 1)
         select(epoch + 1)
     summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"], "selected_step": best["step"],
