@@ -69,7 +69,9 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from rewardrt.runtime.api import RewardModel
-    from rewardrt.runtime.evaluate import evaluate, format_table, read_labelled, swap_probes, word_f1_scorer
+    from rewardrt.runtime.evaluate import (
+        evaluate, format_table, read_labelled, spread_table, swap_probes, word_f1_scorer,
+    )
 
     rows = read_labelled(args.data)
     probes = swap_probes(rows)
@@ -92,6 +94,8 @@ def run_eval(args: argparse.Namespace) -> int:
         rows, lambda a, b: model.batch_score(list(b), list(a)), probes)
     counts = {f"swap {k} {m}": len(v) for k, v in probes.items() for m in ("drop", "noticed")}
     print(format_table(columns, counts))
+    print(f"\nScore spread of {model.path.name} on the {len(rows)} pairs:\n")
+    print(spread_table(model.batch_score([r["b"] for r in rows], [r["a"] for r in rows])))
     if args.json:
         Path(args.json).write_text(json.dumps(columns, indent=2))
     return 0

@@ -149,3 +149,24 @@ def format_table(columns: dict[str, dict[str, float]], counts: dict[str, int] | 
             label += f" (n={counts[m]})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+SPREAD_EDGES = (0.2, 0.4, 0.6, 0.8)
+
+
+def spread_table(scores: Sequence[float]) -> str:
+    """How scores spread over [0, 1]: percentiles and the share of pairs per range (calibration)."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("scores is empty")
+    pct = np.percentile(x, [5, 25, 50, 75, 95])
+    lines = ["Percentiles 5/25/50/75/95: " + " / ".join(f"{v:.2f}" for v in pct), "",
+             "| score range | share of pairs |", "|---|---|"]
+    edges = (0.0,) + SPREAD_EDGES + (1.0,)
+    ranges = [("exactly 0 (clamped)", x == 0.0)]
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        low = (x > lo) if i == 0 else (x >= lo)
+        ranges.append((f"{'(' if i == 0 else '['}{lo:g}, {hi:g})", low & (x < hi)))
+    ranges.append(("exactly 1 (clamped)", x == 1.0))
+    lines += [f"| {name} | {100 * sel.mean():.1f}% |" for name, sel in ranges]
+    return "\n".join(lines)

@@ -84,3 +84,14 @@ def test_evaluate_table_on_word_f1():
     text = format_table({"Word F1": table})
     assert "| confound (lower is better) | 100.0% |" in text
     assert not np.isnan(table["auc sick entail-vs-contra"])
+
+
+def test_spread_table_shares_sum_to_all_pairs():
+    from rewardrt.runtime.evaluate import spread_table
+
+    text = spread_table([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.0])
+    shares = [float(line.split("|")[2].strip().rstrip("%")) for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(shares) == 7 and abs(sum(shares) - 100) < 1e-6
+    assert "| exactly 1 (clamped) | 25.0% |" in text and "| (0, 0.2) | 12.5% |" in text
+    with pytest.raises(ValueError, match="empty"):
+        spread_table([])
