@@ -126,6 +126,7 @@ def run(model: str, threads: tuple[int, ...], rounds: int, data_dir: str | None 
                     res = json.loads(proc.stdout.strip().splitlines()[-1])
                     res["cold_start_s"] = res.pop("first_score_at") - start
                     records.append({"variant": name, "threads": t, "round": r, **res})
+                    print(json.dumps(records[-1]), file=sys.stderr, flush=True)  # progress, and partial data
     return {"model": model, "rounds": rounds, "records": records, "summary": summarize(records)}
 
 
