@@ -27,6 +27,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="reference answer (with --response)")
     p.add_argument("--response", help="response to score (with --reference)")
     _stream_args(p, '{"reference": str, "response": str, ...}', "score")
+    g = p.add_argument_group("on a Ray cluster (needs rewardrt[ray])")
+    g.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="score --input (JSONL, or .parquet) with Ray Data: 'auto' (the running cluster, "
+                        "e.g. after `ray start --head`), a cluster address, or 'local' (start one here); "
+                        "--output may also end in .parquet for Parquet input")
+    g.add_argument("--actors", type=int, default=None,
+                   help="scoring actors (default: autoscale up to what the cluster's free CPUs allow)")
+    g.add_argument("--cpus-per-actor", type=int, default=1,
+                   help="CPUs reserved per actor, also its threads unless --threads (default: %(default)s)")
     p.set_defaults(func=run_score)
 
     p = sub.add_parser("rank", help="rank responses against one reference, or a JSONL file of such lists")
@@ -153,22 +162,36 @@ def _rows(src: BinaryIO, check: Callable[[dict], None], on_error: str,
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            check(row)
-        except UnicodeDecodeError:
-            message = "not UTF-8 text"
-        except json.JSONDecodeError as exc:
-            message = f"invalid JSON ({exc.msg} at column {exc.colno})"
-        except (ValueError, TypeError) as exc:
-            message = str(exc)
+            row = parse_line(raw, check)
+        except ValueError as exc:
+            if on_error == "stop":
+                raise _BadLine(number, str(exc)) from None
+            errors.append(f"line {number}: {exc}")
         else:
             yield number, row
-            continue
-        if on_error == "stop":
-            raise _BadLine(number, message)
-        errors.append(f"line {number}: {message}")
+
+
+def parse_line(raw: bytes | str, check: Callable[[dict], None]) -> dict:
+    """One JSONL line as an object that passes ``check``; ValueError saying why not otherwise
+    (also used by ``rewardrt score --ray``, so both paths refuse the same lines the same way)."""
+    try:
+        row = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    try:
+        check(row)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return row
+
+
+def parse_pair(raw: bytes | str) -> dict:
+    """A ``rewardrt score`` input line: an object with string ``reference`` and ``response``."""
+    return parse_line(raw, _check_pair)
 
 
 def _need_str(row: dict, key: str) -> None:
@@ -292,7 +315,39 @@ def run_score(args: argparse.Namespace) -> int:
         model = _load(args.model, args.threads)
         print(f"{model.score(args.response, args.reference):.6f}")
         return 0
+    if args.ray is not None:
+        return _score_on_ray(args)
+    if args.actors is not None or args.cpus_per_actor != 1:
+        raise CliError("--actors and --cpus-per-actor go with --ray")
     return _stream(args, _check_pair, lambda row: 1, _write_scores)
+
+
+def _score_on_ray(args: argparse.Namespace) -> int:
+    from rewardrt.ray import BadLineError, RayScoringError, connect, score_file
+
+    if args.input == "-":
+        raise CliError("--ray reads files: give --input PATH (JSONL or .parquet), not stdin")
+    for name in ("actors", "cpus_per_actor", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    name = repr(args.input)
+    try:
+        with connect(args.ray, log_to_driver=args.output != "-"):
+            done = score_file(args.input, args.output, args.model, actors=args.actors,
+                              cpus_per_actor=args.cpus_per_actor, threads=args.threads,
+                              on_error=args.on_error)
+    except BadLineError as bad:
+        raise CliError(f"{name} line {bad.number}: {bad.message}; stopped after writing {bad.written} "
+                       "lines (--on-error skip skips such lines)", code=1) from None
+    except (RayScoringError, FileNotFoundError, ValueError, ConnectionError) as exc:
+        raise CliError(str(exc)) from None
+    if done.errors:
+        shown = done.errors[:20] + ([f"... and {len(done.errors) - 20} more"] if len(done.errors) > 20 else [])
+        print(f"skipped {len(done.errors)} malformed lines:", *shown, sep="\n  ", file=sys.stderr)
+    print(f"wrote {done.rows} lines in {done.seconds:.1f} s ({done.rows / max(done.seconds, 1e-9):.0f} pairs/s "
+          f"on Ray, {done.cluster_cpus:g} CPUs)", file=sys.stderr)
+    return 0
 
 
 @_cli_errors

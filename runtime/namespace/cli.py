@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 EXTRA_FOR = {"torch": "export", "transformers": "export", "onnx": "export", "safetensors": "export",
-             "scipy": "eval", "matplotlib": "bench", "tqdm": "bench", "psutil": "bench"}
+             "scipy": "eval", "matplotlib": "bench", "tqdm": "bench", "psutil": "bench",
+             "ray": "ray", "pyarrow": "ray"}
 
 
 def build_parser() -> argparse.ArgumentParser:
