@@ -43,6 +43,8 @@ def test_default_model_prefers_equivalent_answers():
     contradiction = model.score("The man is not playing a guitar on the stage.", ref)
     unrelated = model.score("Stock prices fell sharply on Monday.", ref)
     assert good > contradiction and good > unrelated
+    capital = "The capital of France is Paris."
+    assert model.score("Paris is France's capital.", capital) > model.score("The capital of France is Lyon.", capital)
 
 
 @pytest.mark.slow
