@@ -293,16 +293,25 @@ def _output(path: str) -> Iterator[BinaryIO]:
 
 
 def _worker_message(exc: BaseException) -> str:
-    """The innermost error's one-line message, without Ray's wrapping and traceback."""
-    seen = exc
-    while True:
-        inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None or inner is seen:
-            break
-        seen = inner
-    text = str(seen).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return f"{type(seen).__name__}: {lines[-1] if lines else type(seen).__name__}"
+    """The user-code error under Ray's wrapping (its type and first line), else Ray's own first line."""
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    own = [e for e in chain if not type(e).__module__.startswith("ray")]
+    if own:
+        lines = [line for line in str(own[-1]).strip().splitlines() if line.strip()]
+        return f"{type(own[-1]).__name__}: {lines[0] if lines else ''}"
+    # the remote traceback travels as text: its last "SomeError: message" line is the user's error
+    import re
+
+    text = "\n".join(str(e) for e in chain)
+    raised = re.findall(r"(?m)^\s*((?:ValueError|TypeError|KeyError|FileNotFoundError|OSError|RuntimeError)"
+                        r"(?:\(.*?\))?: .+)$", text)
+    if raised:
+        return raised[-1].strip()
+    lines = [line for line in str(chain[-1]).strip().splitlines() if line.strip()]
+    return f"{type(chain[-1]).__name__}: {lines[0] if lines else ''}"
 
 
 def score_file(src: str, dst: str, model: str | Path | RewardModel | None = None, *,
