@@ -53,15 +53,7 @@ def _on_ray(model_path: str | None, references: list[str], responses: list[str],
 
     import rewardrt.ray as rr
 
-    for attempt in range(6):  # on an overloaded machine the raylet can miss Ray's fixed 30 s start-up wait
-        try:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     _node_ip_address="127.0.0.1")
-            break
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
-            ray.shutdown()
-            if attempt == 5 or "timed out during startup" not in str(exc):
-                raise
+    rr.init_local(cpus)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         items = [{"id": i, "reference": ref, "response": resp}

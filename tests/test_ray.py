@@ -36,15 +36,7 @@ def cluster(monkeypatch_module):
     # Serve kills a proxy not ready within 5 s (health checks: 10 s); a loaded machine needs longer
     for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         monkeypatch_module.setenv(name, "120")
-    for attempt in range(6):  # on an overloaded machine the raylet can miss Ray's fixed 30 s start-up wait
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                     configure_logging=False)
-            break
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
-            ray.shutdown()
-            if attempt == 5 or "timed out during startup" not in str(exc):
-                raise
+    rr.init_local(2)
     try:
         yield
     finally:

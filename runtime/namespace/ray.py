@@ -203,6 +203,23 @@ class ScoredFile:
     errors: list[str] = field(default_factory=list)  # "line N: reason" of each skipped JSONL line
 
 
+def init_local(num_cpus: int, *, attempts: int = 6, **kwargs: Any) -> None:
+    """Start a one-machine Ray on loopback (no dashboard, driver logs off), retrying Ray's start-up
+    timeout: on an overloaded machine the raylet can miss Ray's fixed 30 s wait. For tests and
+    benchmarks; a cluster is joined with :func:`connect`."""
+    options = dict(num_cpus=_positive_int("num_cpus", num_cpus), include_dashboard=False,
+                   log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1")
+    options.update(kwargs)
+    for attempt in range(attempts):
+        try:
+            ray.init(**options)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts - 1 or "timed out during startup" not in str(exc):
+                raise
+
+
 @contextmanager
 def connect(address: str, *, log_to_driver: bool = True) -> Iterator[None]:
     """Connected to Ray for the duration: ``address`` is 'auto' (the running cluster), a cluster
