@@ -32,6 +32,10 @@ from rewardrt.runtime.tokenizer import encode, pad
 # Padded tokens per forward pass. Bounds peak memory (attention is batch x heads x len^2) while
 # keeping GEMMs large enough to be efficient; long texts thus run in smaller batches.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+# Rows x width^2 per forward pass. Attention holds a batch x heads x width^2 float buffer, so long
+# rows dominate peak memory: 262144 cells is 12.6 MB at 12 heads, one row at 512 tokens, 16 at 128.
+# Long rows gain nothing from batching (their GEMMs are already tall), so this costs no speed.
+MAX_ATTENTION_CELLS = 262144
 # (step, up to): widths are multiples of 16 up to 128 tokens, of 32 up to 256, of 64 up to 512 and
 # of 128 beyond, so padding adds at most 15 tokens to short rows and under 25% to longer ones.
 WIDTH_LADDER = ((16, 128), (32, 256), (64, 512))
@@ -70,13 +74,15 @@ class Scorer:
 
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[tuple[int, np.ndarray]]:
         """(width, row indices) per forward pass: rows of one padded width, at most ``batch_size``
-        rows and ``max_batch_tokens`` padded tokens each (at least one row)."""
+        rows, ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x width^2 each
+        (at least one row)."""
         widths = np.fromiter((padded_width(int(n), self.spec.max_length) for n in lengths),
                              dtype=np.int64, count=len(lengths))
         out = []
         for width in np.unique(widths):
             rows = np.flatnonzero(widths == width)
-            per_batch = max(1, min(batch_size, self.max_batch_tokens // int(width)))
+            per_batch = max(1, min(batch_size, self.max_batch_tokens // int(width),
+                                   MAX_ATTENTION_CELLS // int(width) ** 2))
             out += [(int(width), rows[i:i + per_batch]) for i in range(0, len(rows), per_batch)]
         return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rewardrt import RewardModel
-from rewardrt.runtime.scorer import WIDTH_LADDER, padded_width
+from rewardrt.runtime.scorer import MAX_ATTENTION_CELLS, WIDTH_LADDER, padded_width
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,24 @@ def test_padded_width_depends_on_own_length_only():
         w = padded_width(n, 512)
         assert n <= w <= 512 and (w - n < 16 or (w - n) / n < 0.25)
     assert WIDTH_LADDER[-1][1] == 512
+
+
+def test_batches_bound_rows_tokens_and_attention(tiny_int8):
+    scorer = RewardModel(tiny_int8[0], threads=1)._scorer
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(3, scorer.spec.max_length + 1, size=500), np.full(200, 10)])
+    plan = scorer.batches(lengths, batch_size=64)
+    seen = np.concatenate([rows for _, rows in plan])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))  # every row exactly once
+    for width, rows in plan:
+        assert all(padded_width(int(n), scorer.spec.max_length) == width for n in lengths[rows])
+        assert len(rows) <= 64
+        assert len(rows) == 1 or (len(rows) * width <= scorer.max_batch_tokens
+                                  and len(rows) * width ** 2 <= MAX_ATTENTION_CELLS)
+    by_width = {w: max(len(r) for ww, r in plan if ww == w) for w, _ in plan}
+    if 512 in by_width:
+        assert by_width[512] == 1  # a 512-token row's attention alone fills the budget
+    assert by_width[16] == 64  # short rows still fill the batch
 
 
 def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
