@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dev pairs for the gate (default: all of them)")
     p.add_argument("--calibration-size", type=int, default=512,
                    help="train pairs for the INT8 plan search (default 512, plus 1/16 as many long pairs)")
+    p.add_argument("--agreement-margin", type=float, default=None,
+                   help="fraction of the agreement@0.5 slack the plan search may use (default: the "
+                        "search margin, 0.5); a larger calibration set allows a larger fraction")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
-                           threads=args.threads)
+                           agreement_margin=args.agreement_margin, threads=args.threads)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

@@ -138,6 +138,22 @@ def test_config_validation():
         ExportConfig(precision="int4")
     with pytest.raises(ValueError, match="max_length"):
         ExportConfig(max_length=1)
+    with pytest.raises(ValueError, match="agreement_margin"):
+        ExportConfig(agreement_margin=0)
+    with pytest.raises(ValueError, match="sensitivity_size"):
+        ExportConfig(sensitivity_size=4)
+
+
+def test_search_target_takes_its_own_agreement_fraction():
+    from rewardrt.export.exporter import FidelityBudget
+
+    b = FidelityBudget()
+    same = b.scaled(0.5)
+    wider = b.scaled(0.5, 0.8)
+    assert same.max_mean_abs == wider.max_mean_abs == b.max_mean_abs * 0.5
+    assert same.min_spearman == wider.min_spearman
+    assert 1 - same.min_agreement == pytest.approx((1 - b.min_agreement) * 0.5)
+    assert 1 - wider.min_agreement == pytest.approx((1 - b.min_agreement) * 0.8)
 
 
 def test_both_activation_chains_give_identical_codes():
