@@ -22,6 +22,7 @@ import torch
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
+from rewardrt.runtime.evaluate import CONFOUND_F1, CONFOUND_SCORE, word_f1
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Recipe:
     layer_lr_decay: float = 1.0        # layer i (of n) trains at lr_encoder * decay**(n-1-i): lower layers
                                        # move less and keep more of the base model's similarity knowledge
     eval_every_steps: int | None = None  # dev selection also within epochs (None: after each epoch only)
+    max_dev_confound: float = 1.0      # selection prefers evaluations whose dev confound rate (SICK
+                                       # contradictions with word-F1 >= 0.5 scored > 0.7) is at most this
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
@@ -52,11 +55,19 @@ class Recipe:
                                        # previous epoch's (both orders over two epochs, half the steps)
     # answer-equivalence targets
     contradiction_scale: float = 0.25  # SICK CONTRADICTION: target = scale * relatedness (≈ 0.15-0.25)
+    contradiction_cap: float = 1.0     # ... at most this: keeps high-overlap contradictions clear of 0.7
     neutral_scale: float = 0.85        # SICK NEUTRAL: related but not entailed -> below its relatedness
     paraphrase_target: float = 0.95    # MSRP paraphrase
     non_paraphrase_target: float = 0.25
     changed_target: float = 0.05       # meaning-changing edit
     kept_target: float = 0.95          # meaning-preserving edit
+    # Distillation from the base model's own embedding cosine (a strong graded-similarity signal the
+    # cross-encoder otherwise has to relearn from 16k pairs). The teacher's cosine is mapped onto each
+    # source's target scale by quantile matching on the train pairs; contradictions and edits keep
+    # their rule targets (the teacher cannot see negation).
+    teacher_weight: float = 0.0        # labelled pair target = (1-w) * rule target + w * teacher
+    teacher_pairs: int = 0             # extra unlabelled pairs at the teacher's score: near neighbours
+                                       # (70%) and random sentences (30%) within each source
     # The released encoder weights are the trained ones rounded to this precision (kept as fp32 in the
     # checkpoint; the delta then stores them losslessly in half the bytes). "float32": no rounding.
     release_precision: str = "float32"
@@ -66,6 +77,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.release_precision not in ("float32", "float16"):
             raise ValueError(f"release_precision must be 'float32' or 'float16', got {self.release_precision!r}")
+        if not 0 <= self.max_dev_confound <= 1:
+            raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
         if not 1 <= self.trainable_layers <= 6:
             raise ValueError(f"trainable_layers must be 1..6, got {self.trainable_layers}")
 
@@ -88,7 +101,7 @@ def target_of(row: dict, r: Recipe) -> float:
     if row["source"] == "sick2014":
         label = row.get("entailment")
         if label == "CONTRADICTION":
-            return r.contradiction_scale * sim
+            return min(r.contradiction_scale * sim, r.contradiction_cap)
         if label == "NEUTRAL":
             return r.neutral_scale * sim
         return sim
@@ -125,6 +138,80 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     for sentence in rng.sample(sentences, min(r.identity_pairs, len(sentences))):
         out.append(((sentence, sentence, r.kept_target),) * 2)
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
+    return out
+
+
+_NEGATORS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "n't", "nor", "without"})
+
+
+def _asymmetric(a: str, b: str) -> bool:
+    """True when a negation or a number appears in one text and not the other: the teacher's cosine
+    is blind to exactly that, so such pairs get no teacher target."""
+    def marks(t: str) -> tuple[bool, frozenset]:
+        words = t.lower().replace("n't", " n't").split()
+        return any(w.strip(".,;:!?") in _NEGATORS for w in words), frozenset(
+            w for w in words if any(c.isdigit() for c in w))
+    (na, da), (nb, db) = marks(a), marks(b)
+    return na != nb or da != db
+
+
+def _group(source: str) -> str:
+    return "sts" if source.startswith("sts") else source
+
+
+def add_teacher(pairs: list[tuple[Example, Example]], rows: list[dict], r: Recipe,
+                rng: random.Random) -> list[tuple[Example, Example]]:
+    """Blend the calibrated base-model cosine into the labelled targets (the first ``len(rows)`` pairs,
+    contradictions excluded) and append ``teacher_pairs`` unlabelled pairs at the teacher's score."""
+    from rewardrt.export.baselines import base_embedder
+
+    sentences = sorted({row["a"] for row in rows} | {row["b"] for row in rows})
+    index = {t: i for i, t in enumerate(sentences)}
+    t0 = time.time()
+    vectors = base_embedder(128)(sentences)
+    log.info("teacher embeddings for %d sentences in %.0fs", len(sentences), time.time() - t0)
+    cos = lambda a, b: float(vectors[index[a]] @ vectors[index[b]])  # noqa: E731
+    by_group: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("entailment") != "CONTRADICTION":
+            by_group.setdefault(_group(row["source"]), []).append(i)
+    calib = {}
+    for g, idx in by_group.items():  # quantile map: teacher cosine -> this source's target scale
+        calib[g] = (np.sort([cos(rows[i]["a"], rows[i]["b"]) for i in idx]),
+                    np.sort([pairs[i][0][2] for i in idx]))
+    teach = lambda g, a, b: float(np.interp(cos(a, b), *calib[g]))  # noqa: E731
+    out = list(pairs)
+    w = r.teacher_weight
+    for g, idx in by_group.items():
+        for i in idx:
+            (a, b, t), _ = pairs[i]
+            if w and not _asymmetric(a, b):
+                t = (1 - w) * t + w * teach(g, a, b)
+                out[i] = ((a, b, t), (b, a, t))
+    made = 0
+    if r.teacher_pairs:
+        groups = sorted(calib)
+        pools = {g: sorted({rows[i][k] for i in by_group[g] for k in ("a", "b")}) for g in groups}
+        for _ in range(20 * r.teacher_pairs):  # bounded: tiny or degenerate pools give fewer pairs
+            if made >= r.teacher_pairs:
+                break
+            g = rng.choice(groups)
+            pool = pools[g]
+            if len(pool) < 2:
+                continue
+            a = rng.choice(pool)
+            if rng.random() < 0.7:  # a near neighbour: graded similarity the labels rarely cover
+                sims = vectors[[index[p] for p in pool]] @ vectors[index[a]]
+                top = torch.topk(sims, min(12, len(pool))).indices.tolist()
+                b = pool[rng.choice(top[1:])]
+            else:
+                b = rng.choice(pool)
+            if a == b or _asymmetric(a, b):
+                continue
+            t = teach(g, a, b)
+            out.append(((a, b, t), (b, a, t)))
+            made += 1
+    log.info("teacher: weight %.2f on labelled pairs, %d extra pairs", w, made)
     return out
 
 
@@ -184,9 +271,21 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
     m["auc/sick-entail-vs-contra"] = roc_auc(scores[sel], ent[sel] == "ENTAILMENT")
     contra = ent == "CONTRADICTION"
     m["contradiction>0.7"] = float(np.mean(scores[contra] > 0.7))
+    f1 = np.array([word_f1(d["a"], d["b"]) for d in dev])
+    confounds = scores[contra & (f1 >= CONFOUND_F1)]
+    m["confound"] = float(np.mean(confounds > CONFOUND_SCORE)) if len(confounds) else 0.0
     m["selection"] = float(np.mean([v for k, v in m.items() if k.startswith(("spearman", "auc"))])
                            - m["contradiction>0.7"])
     return m
+
+
+def prefer(new: dict[str, float], best: dict[str, float] | None, max_confound: float) -> bool:
+    """Whether dev metrics ``new`` beat ``best``: within the confound limit before out of it, then by
+    the selection score."""
+    if best is None:
+        return True
+    rank = lambda m: (m["confound"] <= max_confound, m["selection"])  # noqa: E731
+    return rank(new) > rank(best)
 
 
 def release_weights(net: RewardNet, precision: str) -> dict[str, torch.Tensor]:
@@ -232,6 +331,8 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     train_rows = read_pairs(resolve(r.train_data))
     dev_rows = read_pairs(resolve(r.dev_data))
     pairs = build_examples(train_rows, r, rng)
+    if r.teacher_weight or r.teacher_pairs:
+        pairs = add_teacher(pairs, train_rows, r, rng)
     steps_per_epoch = math.ceil(len(epoch_examples(pairs, 0, r)) / r.batch_size)
     total = steps_per_epoch * r.epochs
     warmup = max(1, int(total * r.warmup_fraction))
@@ -269,7 +370,7 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
         metrics.update(epoch=epoch, step=step, elapsed_s=round(time.time() - t0, 1))
         history.append(metrics)
         log.info("dev at epoch %d step %d: %s", epoch, step, json.dumps(metrics))
-        if best is None or metrics["selection"] > best["selection"]:
+        if prefer(metrics, best, r.max_dev_confound):
             best = metrics
             save_checkpoint(net, base, out_dir / "checkpoint", r.release_precision)
         if live is not None:

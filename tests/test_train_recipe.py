@@ -41,6 +41,8 @@ def test_targets_and_identity_pairs():
     assert len(identity) == 3 and set(identity) == {1.0}
     changed = [t for (a, b), t in targets.items() if a != b and t == r.changed_target]
     assert changed  # negation / number / entity edits of the sentences above
+    capped = train.Recipe(contradiction_scale=0.7, contradiction_cap=0.5)
+    assert train.target_of(_rows()[1], capped) == 0.5  # 0.7 * 0.8 = 0.56, capped
 
 
 def test_shipped_recipe_loads(tmp_path):
@@ -81,3 +83,55 @@ def test_pack_stores_float16_released_tensors_losslessly(tmp_path):
     out = materialize(tmp_path / "delta.safetensors", tmp_path / "rebuilt")
     rebuilt = load_file(str(out / "model.safetensors"))
     assert all(rebuilt[k].dtype == torch.float32 and torch.equal(rebuilt[k], weights[k]) for k in weights)
+
+
+def _sts_rows(n=12):
+    words = ["cat", "dog", "bird", "fish", "horse", "cow", "goat", "lion", "bear", "wolf", "fox", "owl"]
+    return [{"a": f"A {w} runs in the park.", "b": f"The {w} is running.", "source": "sts2012-msrvid",
+             "similarity": i / (n - 1)} for i, w in enumerate(words[:n])]
+
+
+def test_teacher_blends_calibrated_cosine_and_spares_contradictions(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import rewardrt.export.baselines as baselines
+
+    def fake_embedder(batch_size=64):
+        def embed(texts):
+            g = torch.Generator().manual_seed(0)
+            v = torch.randn(len(texts), 8, generator=g)
+            return torch.nn.functional.normalize(v, dim=-1)
+        return embed
+
+    monkeypatch.setattr(baselines, "base_embedder", fake_embedder)
+    rows = _rows() + _sts_rows()
+    r = train.Recipe(edits_per_rule=0, identity_pairs=0, teacher_weight=0.5, teacher_pairs=10)
+    plain = train.build_examples(rows, r, random.Random(0))
+    taught = train.add_teacher(plain, rows, r, random.Random(0))
+    assert taught[1] == plain[1]  # the contradiction keeps its rule target
+    assert taught[2] == plain[2]  # "3 percent" on one side only: the teacher is blind to numbers
+    sts = range(3, len(rows))
+    rule = [plain[i][0][2] for i in sts]
+    got = [taught[i][0][2] for i in sts]
+    assert got != rule  # blended ...
+    for t_rule, t in zip(rule, got):  # ... halfway towards a teacher score on the same 0..1 scale
+        teacher = 2 * t - t_rule
+        assert min(rule) - 1e-9 <= teacher <= max(rule) + 1e-9
+    extra = taught[len(plain):]
+    assert len(extra) == 10
+    for (a, b, t), (b2, a2, t2) in extra:
+        assert (a, b, t) == (a2, b2, t2) and a != b and 0.0 <= t <= 1.0
+
+
+def test_selection_prefers_evaluations_within_the_confound_limit():
+    from rewardrt.models.train import Recipe, prefer
+
+    within = {"confound": 0.05, "selection": 0.60}
+    over = {"confound": 0.09, "selection": 0.70}
+    assert prefer(within, None, 0.06)
+    assert prefer(within, over, 0.06) and not prefer(over, within, 0.06)
+    # with no limit the selection score alone decides
+    assert prefer(over, within, 1.0) and not prefer(within, over, 1.0)
+    # both over the limit: the better score still wins, so some checkpoint is always kept
+    assert prefer({"confound": 0.08, "selection": 0.8}, over, 0.06)
+    with pytest.raises(ValueError, match="max_dev_confound"):
+        Recipe(max_dev_confound=1.5)
