@@ -56,6 +56,18 @@ def test_shipped_recipe_loads(tmp_path):
         train.Recipe.load(bad)
 
 
+def test_trial_recipes_load_and_point_at_the_shared_data():
+    from pathlib import Path
+
+    trials = sorted((Path(__file__).parents[1] / "models" / "equiv-minilm-l6" / "trials").glob("*.json"))
+    assert trials
+    for path in trials:
+        r = train.Recipe.load(path)
+        assert (path.parent / r.train_data).resolve().name == "pairs-train.jsonl"
+        assert (path.parent / r.train_data).resolve().exists(), path
+        assert (path.parent / r.train_data).resolve().parent == (path.parent / r.dev_data).resolve().parent
+
+
 @pytest.mark.slow
 def test_pack_stores_float16_released_tensors_losslessly(tmp_path):
     import torch
