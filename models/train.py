@@ -77,6 +77,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.release_precision not in ("float32", "float16"):
             raise ValueError(f"release_precision must be 'float32' or 'float16', got {self.release_precision!r}")
+        for name in ("teacher_weight", "contradiction_cap"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.teacher_pairs < 0:
+            raise ValueError(f"teacher_pairs must be >= 0, got {self.teacher_pairs}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
         if not 1 <= self.trainable_layers <= 6:

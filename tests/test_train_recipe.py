@@ -147,3 +147,10 @@ def test_selection_prefers_evaluations_within_the_confound_limit():
     assert prefer({"confound": 0.08, "selection": 0.8}, over, 0.06)
     with pytest.raises(ValueError, match="max_dev_confound"):
         Recipe(max_dev_confound=1.5)
+
+
+@pytest.mark.parametrize("field, value", [("teacher_weight", 1.5), ("teacher_weight", -0.1),
+                                          ("contradiction_cap", 2.0), ("teacher_pairs", -1)])
+def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
+    with pytest.raises(ValueError, match=field):
+        train.Recipe(**{field: value})
