@@ -22,7 +22,7 @@ import torch
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
-from rewardrt.runtime.evaluate import CONFOUND_F1, CONFOUND_SCORE, word_f1
+from rewardrt.runtime.evaluate import confound_rate
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ def add_teacher(pairs: list[tuple[Example, Example]], rows: list[dict], r: Recip
     if r.teacher_pairs:
         groups = sorted(calib)
         pools = {g: sorted({rows[i][k] for i in by_group[g] for k in ("a", "b")}) for g in groups}
+        pool_vectors = {g: vectors[[index[p] for p in pools[g]]] for g in groups}
         for _ in range(20 * r.teacher_pairs):  # bounded: tiny or degenerate pools give fewer pairs
             if made >= r.teacher_pairs:
                 break
@@ -206,7 +207,7 @@ def add_teacher(pairs: list[tuple[Example, Example]], rows: list[dict], r: Recip
                 continue
             a = rng.choice(pool)
             if rng.random() < 0.7:  # a near neighbour: graded similarity the labels rarely cover
-                sims = vectors[[index[p] for p in pool]] @ vectors[index[a]]
+                sims = pool_vectors[g] @ vectors[index[a]]
                 top = torch.topk(sims, min(12, len(pool))).indices.tolist()
                 b = pool[rng.choice(top[1:])]
             else:
@@ -276,9 +277,7 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
     m["auc/sick-entail-vs-contra"] = roc_auc(scores[sel], ent[sel] == "ENTAILMENT")
     contra = ent == "CONTRADICTION"
     m["contradiction>0.7"] = float(np.mean(scores[contra] > 0.7))
-    f1 = np.array([word_f1(d["a"], d["b"]) for d in dev])
-    confounds = scores[contra & (f1 >= CONFOUND_F1)]
-    m["confound"] = float(np.mean(confounds > CONFOUND_SCORE)) if len(confounds) else 0.0
+    m["confound"] = confound_rate(dev, scores) or 0.0
     m["selection"] = float(np.mean([v for k, v in m.items() if k.startswith(("spearman", "auc"))])
                            - m["contradiction>0.7"])
     return m

@@ -89,6 +89,13 @@ def swap_probes(rows: Sequence[dict], per_rule: int = 300, seed: int = 7) -> dic
     return probes
 
 
+def confound_rate(rows: Sequence[dict], scores: np.ndarray) -> float | None:
+    """Share of the CONTRADICTION pairs with word-F1 >= 0.5 scored > 0.7 (None: no such pair)."""
+    conf = np.array([r.get("entailment") == "CONTRADICTION" and word_f1(r["a"], r["b"]) >= CONFOUND_F1
+                     for r in rows], dtype=bool)
+    return float(np.mean(scores[conf] > CONFOUND_SCORE)) if conf.any() else None
+
+
 def evaluate(rows: Sequence[dict], scorer: Scorer, probes: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
     refs = [r["a"] for r in rows]
     resps = [r["b"] for r in rows]
@@ -108,10 +115,9 @@ def evaluate(rows: Sequence[dict], scorer: Scorer, probes: dict[str, list[tuple[
     sel = (ent == "ENTAILMENT") | (ent == "CONTRADICTION")
     if sel.any():
         out["auc sick entail-vs-contra"] = roc_auc(scores[sel], ent[sel] == "ENTAILMENT")
-        f1 = np.array([word_f1(a, b) for a, b in zip(refs, resps)])
-        conf = (ent == "CONTRADICTION") & (f1 >= CONFOUND_F1)
-        if conf.any():
-            out["confound"] = float(np.mean(scores[conf] > CONFOUND_SCORE))
+        rate = confound_rate(rows, scores)
+        if rate is not None:
+            out["confound"] = rate
     originals = [a for pairs in probes.values() for a, _ in pairs]
     edited = [b for pairs in probes.values() for _, b in pairs]
     if originals:
