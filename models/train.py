@@ -22,7 +22,7 @@ import torch
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
-from rewardrt.runtime.evaluate import confound_rate
+from rewardrt.runtime.evaluate import CONFOUND_F1, confound_rate, word_f1
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Recipe:
     # answer-equivalence targets
     contradiction_scale: float = 0.25  # SICK CONTRADICTION: target = scale * relatedness (≈ 0.15-0.25)
     contradiction_cap: float = 1.0     # ... at most this: keeps high-overlap contradictions clear of 0.7
+    hard_contradiction_repeats: int = 0  # extra copies of each SICK contradiction with word-F1 >= 0.5
+                                         # (the pairs the confound rate counts; lexical overlap misleads)
     neutral_scale: float = 0.85        # SICK NEUTRAL: related but not entailed -> below its relatedness
     paraphrase_target: float = 0.95    # MSRP paraphrase
     non_paraphrase_target: float = 0.25
@@ -80,8 +82,9 @@ class Recipe:
         for name in ("teacher_weight", "contradiction_cap"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.teacher_pairs < 0:
-            raise ValueError(f"teacher_pairs must be >= 0, got {self.teacher_pairs}")
+        for name in ("teacher_pairs", "hard_contradiction_repeats"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
         if not 1 <= self.trainable_layers <= 6:
@@ -221,6 +224,16 @@ def add_teacher(pairs: list[tuple[Example, Example]], rows: list[dict], r: Recip
     return out
 
 
+def add_hard_contradictions(pairs: list[tuple[Example, Example]], rows: list[dict],
+                            r: Recipe) -> list[tuple[Example, Example]]:
+    """Repeat the labelled high-overlap contradictions (the first ``len(rows)`` pairs hold the
+    labelled rows in order) ``hard_contradiction_repeats`` extra times, with their final targets."""
+    hard = [pairs[i] for i, row in enumerate(rows)
+            if row.get("entailment") == "CONTRADICTION" and word_f1(row["a"], row["b"]) >= CONFOUND_F1]
+    log.info("hard contradictions: %d pairs, %d extra copies each", len(hard), r.hard_contradiction_repeats)
+    return list(pairs) + hard * r.hard_contradiction_repeats
+
+
 def epoch_examples(pairs: list[tuple[Example, Example]], epoch: int, r: Recipe) -> list[Example]:
     """Both orders of every pair, or with ``alternate_orders`` one order, flipped every epoch."""
     if not r.alternate_orders:
@@ -337,6 +350,8 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     pairs = build_examples(train_rows, r, rng)
     if r.teacher_weight or r.teacher_pairs:
         pairs = add_teacher(pairs, train_rows, r, rng)
+    if r.hard_contradiction_repeats:
+        pairs = add_hard_contradictions(pairs, train_rows, r)
     steps_per_epoch = math.ceil(len(epoch_examples(pairs, 0, r)) / r.batch_size)
     total = steps_per_epoch * r.epochs
     warmup = max(1, int(total * r.warmup_fraction))

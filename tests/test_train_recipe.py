@@ -150,7 +150,20 @@ def test_selection_prefers_evaluations_within_the_confound_limit():
 
 
 @pytest.mark.parametrize("field, value", [("teacher_weight", 1.5), ("teacher_weight", -0.1),
-                                          ("contradiction_cap", 2.0), ("teacher_pairs", -1)])
+                                          ("contradiction_cap", 2.0), ("teacher_pairs", -1),
+                                          ("hard_contradiction_repeats", -1)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
+
+
+def test_hard_contradictions_are_repeated_with_their_targets():
+    rows = _rows() + [{"a": "A dog runs in the park.", "b": "A cat sleeps indoors.", "source": "sick2014",
+                       "similarity": 0.2, "entailment": "CONTRADICTION"}]  # low overlap: not repeated
+    r = train.Recipe(edits_per_rule=0, identity_pairs=0, contradiction_scale=0.5, hard_contradiction_repeats=2)
+    pairs = train.build_examples(rows, r, random.Random(0))
+    out = train.add_hard_contradictions(pairs, rows, r)
+    assert out[: len(pairs)] == pairs
+    assert out[len(pairs):] == [pairs[1], pairs[1]]  # the negated guitar pair, target 0.5 * 0.8
+    assert out[-1][0][2] == pytest.approx(0.4)
+    assert train.add_hard_contradictions(pairs, rows, train.Recipe()) == pairs
