@@ -4,6 +4,9 @@ Cast -> MatMulIntegerToFloat -> row scale) and as the ``qlinear`` chain (per-axi
 a [rows, K] view). Variants run interleaved, round after round, on the same input; the medians
 and the ratios to fp32 are printed, and the uint8 codes of the two chains are compared bit for bit.
 
+``--blocks`` and ``--residual`` add the ``block`` (MatMulNBits) and ``token2`` schemes; the CPU's
+integer-kernel class (VNNI or AVX2) is printed with the table, since the ratios depend on it.
+
 ``python -m rewardrt.bench.quantchain [--threads 1,2] [--rounds 15]`` (needs onnx: the [export] extra).
 """
 
@@ -26,6 +29,8 @@ SHAPES = (("b1x40 K384 N384", 1, 40, 384, 384), ("b1x40 K384 N1536", 1, 40, 384,
 VARIANTS = ("fp32", "elementwise", "qlinear")
 # the block scheme (MatMulNBits, 8-bit, accuracy_level 4) at two block sizes, for comparison
 BLOCK_VARIANTS = ("block32", "block128")
+# the token2 scheme (two integer GEMMs: the codes and their rounding residual), for comparison
+RESIDUAL_VARIANTS = ("token2",)
 
 
 def _matmul_model(k: int, n: int, seed: int = 0):
@@ -54,6 +59,8 @@ def build(k: int, n: int, variant: str, expose_codes: bool = False):
         return model
     if variant.startswith("block"):
         return apply_plan(model, {"mm": "block"}, block_size=int(variant[len("block"):]))
+    if variant == "token2":
+        return apply_plan(model, {"mm": "token2"})
     model = apply_plan(model, {"mm": "token"}, chain=variant)
     if expose_codes:
         model.graph.output.append(onnx.helper.make_tensor_value_info("mm.act.xq", onnx.TensorProto.UINT8, None))
@@ -89,11 +96,13 @@ def codes_match(k: int, n: int, x: np.ndarray, threads: int = 1) -> dict:
             "output_max_abs_diff": float(np.abs(ye - yq).max())}
 
 
-def run(threads: tuple[int, ...], rounds: int, calls: int, blocks: bool = False) -> dict:
+def run(threads: tuple[int, ...], rounds: int, calls: int, blocks: bool = False, residual: bool = False) -> dict:
+    from rewardrt.runtime.cpu import cpu_features
     from rewardrt.runtime.session import make_session
 
-    variants = VARIANTS + (BLOCK_VARIANTS if blocks else ())
-    results: dict = {"threads": list(threads), "rounds": rounds, "calls_per_round": calls, "shapes": []}
+    variants = VARIANTS + (BLOCK_VARIANTS if blocks else ()) + (RESIDUAL_VARIANTS if residual else ())
+    results: dict = {"threads": list(threads), "rounds": rounds, "calls_per_round": calls,
+                     "int8_dot_product": cpu_features()["int8_dot_product"], "shapes": []}
     with tempfile.TemporaryDirectory() as tmp:
         for label, b, s, k, n in SHAPES:
             x = activation(b, s, k)
@@ -118,7 +127,7 @@ def run(threads: tuple[int, ...], rounds: int, calls: int, blocks: bool = False)
                 # per-round ratios, then their median: drifts of the shared machine cancel out
                 ratio = {f"{a}/{c}": statistics.median(x1 / x2 for x1, x2 in zip(per_round[a], per_round[c]))
                          for a, c in (("elementwise", "fp32"), ("qlinear", "fp32"), ("qlinear", "elementwise"))
-                         + tuple((b, "fp32") for b in variants if b.startswith("block"))}
+                         + tuple((b, "fp32") for b in variants if b.startswith("block") or b == "token2")}
                 results["shapes"].append({"shape": label, "threads": t, "ms": med, "ratios": ratio, **check})
     return results
 
@@ -129,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--calls", type=int, default=20, help="calls per variant per round")
     p.add_argument("--blocks", action="store_true", help="also time the block scheme (MatMulNBits)")
+    p.add_argument("--residual", action="store_true", help="also time the token2 scheme (two integer GEMMs)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     threads = tuple(int(t) for t in args.threads.split(","))
-    res = run(threads, args.rounds, args.calls, args.blocks)
+    res = run(threads, args.rounds, args.calls, args.blocks, args.residual)
+    print(f"integer kernels of this CPU: {res['int8_dot_product']}")
     print(f"{'shape':20} {'t':>2} {'fp32 ms':>8} {'elem ms':>8} {'qlin ms':>8} {'elem/fp32':>9} "
           f"{'qlin/fp32':>9} {'qlin/elem':>9}  codes")
     for r in res["shapes"]:
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{q['elementwise/fp32']:9.3f} {q['qlinear/fp32']:9.3f} {q['qlinear/elementwise']:9.3f}  "
               f"{'identical' if r['codes_identical'] else str(r['codes_differing']) + ' differ'}"
               f" (out max|Δ| {r['output_max_abs_diff']:.1e})"
-              + "".join(f"  {k} {v:.3f}" for k, v in q.items() if k.startswith("block")))
+              + "".join(f"  {k} {v:.3f}" for k, v in q.items() if k.startswith(("block", "token2"))))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agreement-margin", type=float, default=None,
                    help="fraction of the agreement@0.5 slack the plan search may use (default: the "
                         "search margin, 0.5); a larger calibration set allows a larger fraction")
+    p.add_argument("--activation-bits", type=int, choices=[7, 8], default=7,
+                   help="integer-GEMM activation codes: 7 (default) are exact on every x86 CPU; 8 "
+                        "are finer but saturate on CPUs without VNNI (AVX2 only)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
-                           agreement_margin=args.agreement_margin, threads=args.threads)
+                           agreement_margin=args.agreement_margin, threads=args.threads,
+                           activation_bits=args.activation_bits)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

@@ -85,6 +85,9 @@ class ExportConfig:
     gptq: bool = True                      # error-compensating rounding of integer-GEMM weights
     block_size: int = 32
     activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
+    # integer-GEMM activation codes: 7 bits give exact integer sums on every x86 CPU (AVX2 kernels
+    # saturate 8-bit ones), so the verified scores hold everywhere; 8 bits only on VNNI CPUs
+    activation_bits: int = 7
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -106,6 +109,8 @@ class ExportConfig:
             raise ValueError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
         if not 0 <= self.outlier_channels <= 64:
             raise ValueError(f"outlier_channels must be in [0, 64], got {self.outlier_channels}")
+        if self.activation_bits not in quantize.ACTIVATION_BITS:
+            raise ValueError(f"activation_bits must be one of {quantize.ACTIVATION_BITS}, got {self.activation_bits!r}")
         if self.activation_chain not in quantize.CHAINS:
             raise ValueError(f"activation_chain must be one of {quantize.CHAINS}, got {self.activation_chain!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
@@ -225,7 +230,7 @@ def _quantized(fp32: onnx.ModelProto, plan: dict[str, str], cfg: ExportConfig,
     model = quantize.apply_plan(fp32, plan, cfg.block_size, stats.absmax, cfg.smooth_alpha,
                                 outliers=cfg.outlier_channels,
                                 hessians=stats.hessian if cfg.gptq else None, cache=cache,
-                                chain=cfg.activation_chain)
+                                chain=cfg.activation_chain, activation_bits=cfg.activation_bits)
     quantize.quantize_embedding_tables(model)
     return model
 
@@ -235,12 +240,13 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
                 ) -> tuple[dict[str, str], dict, ActivationStats, dict]:
     """The fastest per-MatMul plan whose calibration error stays inside the scaled budget.
 
-    Schemes by speed on CPUs with int8 dot products: ``token`` (integer GEMM) < ``block`` (int8
-    weights, about fp32 speed) ≈ ``fp32``. The starting plan is ``block`` everywhere when that fits
-    (int8 weights: a quarter of the bytes), else ``fp32``. Each MatMul's sensitivity is measured
-    alone; the least sensitive ones then take ``token`` for as long as the whole plan stays inside
-    the search target (binary search over that order). From an fp32 start, the least sensitive of
-    the rest then take ``block`` the same way."""
+    Schemes by speed on CPUs with int8 dot products: ``token`` (one integer GEMM) < ``token2`` (two
+    integer GEMMs, activations at ~15 bits) < ``block`` (int8 weights, about fp32 speed) ≈ ``fp32``.
+    The starting plan is ``block`` everywhere when that fits (int8 weights: a quarter of the bytes),
+    else ``fp32``. Each MatMul's sensitivity is measured alone (as ``token``); in that order, the
+    least sensitive ones take ``token`` for as long as the whole plan stays inside the search target
+    (binary search over the order), then the least sensitive of the rest take ``token2`` the same
+    way, and from an fp32 start the least sensitive of what is left take ``block``."""
     sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
     target = cfg.budget.scaled(cfg.search_margin, cfg.agreement_margin)
     stats = _activation_stats(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
@@ -283,12 +289,13 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
                 best, lo = k, k + 1
         return best
 
-    k = longest_prefix(order, "token")
-    plan.update({c: "token" for c in order[:k]})
-    rest = order[k:]
-    if rest and not all_block_fits:  # int8 weights at fp32 speed where the integer GEMM does not fit
-        k = longest_prefix(rest, "block")
-        plan.update({c: "block" for c in rest[:k]})
+    rest = order
+    for scheme in ("token", "token2") + (() if all_block_fits else ("block",)):
+        if not rest:
+            break
+        k = longest_prefix(rest, scheme)
+        plan.update({c: scheme for c in rest[:k]})
+        rest = rest[k:]
     info = {"sensitivity_mean_abs": {s: round(v, 6) for s, v in sensitivity.items()},
             "search_target": asdict(target), "search_seconds": round(time.time() - start, 1)}
     return plan, info, stats, cache
@@ -345,9 +352,10 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             quant_info.update(plan=plan, plan_counts=counts_plan, int8_embedding_tables=tables,
                               block_size=cfg.block_size, smooth_alpha=cfg.smooth_alpha,
                               outlier_channels=cfg.outlier_channels, gptq=cfg.gptq,
-                              activation_chain=cfg.activation_chain,
-                              activation_scales="per token (row), symmetric int8, computed at run time",
-                              weight_scales="per output channel (token) / per block (block)")
+                              activation_chain=cfg.activation_chain, activation_bits=cfg.activation_bits,
+                              activation_scales=f"per token (row), symmetric {cfg.activation_bits}-bit, "
+                                                "computed at run time",
+                              weight_scales="per output channel (token, token2) / per block (block)")
         else:
             counts_plan = {"fp32": len(quantize.quantizable_matmuls(model))}
         spec = ArtifactSpec(**{**asdict(spec), "quantization": quant_info})

@@ -8,6 +8,10 @@ score depends on what else is in its batch. The schemes here quantize activation
 ``token``  W8A8: activations int8 per token (symmetric, one scale per row, computed at run time),
            weights int8 per output channel (symmetric). Integer GEMM through ``MatMulIntegerToFloat``
            (MLAS u8s8, VNNI on AVX-512/AVX-VNNI CPUs), then the per-row scale.
+``token2`` the same integer GEMM run twice: once on the activation's int8 codes and once on the
+           int8 codes of what they left over (the rounding residual, on a 254× finer grid of the same
+           row), so activations are carried at about 15 bits; weights as in ``token``, unsmoothed.
+           Twice the integer work and a few more elementwise passes, still far below ``block``.
 ``block``  ``MatMulNBits`` 8-bit weights in blocks of ``block_size`` along K with int8 activations
            quantized per block of each row (accuracy_level 4): finer scales, so more accurate where
            a row has outliers, at some speed cost.
@@ -18,6 +22,7 @@ All schemes are row-wise, so a row's result never depends on other rows of the b
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,7 +30,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-SCHEMES = ("fp32", "token", "block")
+SCHEMES = ("fp32", "token", "token2", "block")
+INTEGER_SCHEMES = ("token", "token2")
+ACTIVATION_BITS = (7, 8)
+
+
+def activation_range(bits: int) -> tuple[int, int]:
+    """(largest code, zero point) of ``bits``-bit activation codes stored as uint8.
+
+    8 bits: codes ±127 around 128 (uint8 1..255). 7 bits: ±63 around 64 (uint8 1..127). On x86 CPUs
+    without int8 dot-product instructions (AVX2 only, no AVX512_VNNI/AVX_VNNI) onnxruntime's u8s8
+    kernels add pairs of uint8 × int8 products in saturating 16-bit integers: 255 × 127 × 2
+    overflows, 127 × 127 × 2 = 32,258 does not, so 7-bit codes give exact integer sums on every x86
+    CPU (the same scores as measured at export), 8-bit codes only on VNNI CPUs."""
+    if bits not in ACTIVATION_BITS:
+        raise ValueError(f"activation bits must be one of {ACTIVATION_BITS}, got {bits!r}")
+    qmax = 2 ** (bits - 1) - 1
+    return qmax, qmax + 1
+
+
+def residual_steps(bits: int) -> float:
+    """The residual of a code is within ±scale/2: ±qmax codes on a grid of scale / (2·qmax)."""
+    return 2.0 * activation_range(bits)[0]
 MS_DOMAIN = "com.microsoft"
 
 
@@ -74,25 +100,33 @@ CHAINS = ("elementwise", "qlinear")
 
 def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: int,
                                inv_smooth: np.ndarray | None, k: int,
-                               chain: str = "qlinear") -> tuple[list[onnx.NodeProto], str, str]:
-    """Per-token int8 quantization of activation ``x``: (nodes, uint8 tensor, per-row scale).
+                               chain: str = "qlinear", residual: bool = False, bits: int = 8,
+                               ) -> tuple[list[onnx.NodeProto], str, str, str | None]:
+    """Per-token int8 quantization of activation ``x``: (nodes, uint8 tensor, per-row scale, uint8
+    codes of the rounding residual on a :func:`residual_steps` times finer grid or None).
 
-    Symmetric, one scale per row = max|x_row| / 127, stored as uint8 with zero point 128 so the GEMM
+    Symmetric, one scale per row = max|x_row| / qmax, stored as uint8 around a zero point (see
+    :func:`activation_range`: ``bits`` 8 gives ±127 around 128, 7 gives ±63 around 64) so the GEMM
     runs on MLAS's u8s8 kernels (VNNI where the CPU has it).
 
     ``chain`` says how the divide-round-shift-cast step is written: ``elementwise`` as five ONNX
     ops (Div, Round, Clip, Add, Cast: five passes over the activation), ``qlinear`` as one per-axis
     ``QuantizeLinear`` on a [rows, K] view of it (one pass; the reshapes are views). Both give the
-    same codes (round half to even of x / scale, plus 128). ``k``: the activation's last dimension."""
+    same codes (round half to even of x / scale, plus the zero point). ``k``: the activation's last
+    dimension.
+    ``residual`` (``qlinear`` only) also quantizes x - dequantized codes for the ``token2`` scheme."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
+    if residual and chain != "qlinear":
+        raise ValueError("the residual codes of the token2 scheme need chain='qlinear'")
     mk = helper.make_node
     nodes: list[onnx.NodeProto] = []
     if inv_smooth is not None:
         _const(graph, f"{p}.inv_smooth", inv_smooth.astype(np.float32))
         nodes.append(mk("Mul", [x, f"{p}.inv_smooth"], [f"{p}.xsm"], name=f"{p}.Smooth"))
         x = f"{p}.xsm"
-    _const(graph, f"{p}.inv127", np.array(1.0 / 127.0, dtype=np.float32))
+    qmax, zp = activation_range(bits)
+    _const(graph, f"{p}.inv_qmax", np.array(1.0 / qmax, dtype=np.float32))
     _const(graph, f"{p}.tiny", np.array(1e-12, dtype=np.float32))
     if opset >= 18:  # axes became an input in opset 18
         _const(graph, f"{p}.axes", np.array([-1], dtype=np.int64))
@@ -103,30 +137,42 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         mk("Abs", [x], [f"{p}.abs"], name=f"{p}.Abs"),
         reduce,
         mk("Max", [f"{p}.amax", f"{p}.tiny"], [f"{p}.amax1"], name=f"{p}.Max"),
-        mk("Mul", [f"{p}.amax1", f"{p}.inv127"], [f"{p}.ascale"], name=f"{p}.Scale"),
+        mk("Mul", [f"{p}.amax1", f"{p}.inv_qmax"], [f"{p}.ascale"], name=f"{p}.Scale"),
     ]
     if chain == "qlinear":
         # per-axis QuantizeLinear wants a 1-D scale and zero point along one axis: view the
-        # activation as [rows, K]; the zero points (128 per row) come from a QuantizeLinear of the
-        # scales themselves with a huge scale (round(s / 1e30) + 128 = 128), sized like them.
+        # activation as [rows, K]; the zero points (one per row) come from a QuantizeLinear of the
+        # scales themselves with a huge scale (round(s / 1e30) + zp = zp), sized like them.
         _const(graph, f"{p}.flat", np.array([-1], dtype=np.int64))
         _const(graph, f"{p}.rows_k", np.array([-1, k], dtype=np.int64))
         _const(graph, f"{p}.huge", np.array(1e30, dtype=np.float32))
-        _const(graph, f"{p}.zp128", np.array(128, dtype=np.uint8))
+        _const(graph, f"{p}.zp", np.array(zp, dtype=np.uint8))
         nodes += [
             mk("Shape", [x], [f"{p}.shape"], name=f"{p}.Shape"),
             mk("Reshape", [f"{p}.ascale", f"{p}.flat"], [f"{p}.scale1d"], name=f"{p}.ScaleView"),
-            mk("QuantizeLinear", [f"{p}.scale1d", f"{p}.huge", f"{p}.zp128"], [f"{p}.zp1d"],
+            mk("QuantizeLinear", [f"{p}.scale1d", f"{p}.huge", f"{p}.zp"], [f"{p}.zp1d"],
                name=f"{p}.ZeroPoints"),
             mk("Reshape", [x, f"{p}.rows_k"], [f"{p}.x2d"], name=f"{p}.RowsView"),
             mk("QuantizeLinear", [f"{p}.x2d", f"{p}.scale1d", f"{p}.zp1d"], [f"{p}.xq2d"], axis=0,
                name=f"{p}.Quantize"),
             mk("Reshape", [f"{p}.xq2d", f"{p}.shape"], [f"{p}.xq"], name=f"{p}.View"),
         ]
-        return nodes, f"{p}.xq", f"{p}.ascale"
-    _const(graph, f"{p}.lo", np.array(-127.0, dtype=np.float32))
-    _const(graph, f"{p}.hi", np.array(127.0, dtype=np.float32))
-    _const(graph, f"{p}.zpf", np.array(128.0, dtype=np.float32))
+        if not residual:
+            return nodes, f"{p}.xq", f"{p}.ascale", None
+        _const(graph, f"{p}.inv_steps", np.array(1.0 / residual_steps(bits), dtype=np.float32))
+        nodes += [
+            mk("DequantizeLinear", [f"{p}.xq2d", f"{p}.scale1d", f"{p}.zp1d"], [f"{p}.xd2d"], axis=0,
+               name=f"{p}.Dequantize"),
+            mk("Sub", [f"{p}.x2d", f"{p}.xd2d"], [f"{p}.r2d"], name=f"{p}.Residual"),
+            mk("Mul", [f"{p}.scale1d", f"{p}.inv_steps"], [f"{p}.rscale1d"], name=f"{p}.ResidualScale"),
+            mk("QuantizeLinear", [f"{p}.r2d", f"{p}.rscale1d", f"{p}.zp1d"], [f"{p}.rq2d"], axis=0,
+               name=f"{p}.QuantizeResidual"),
+            mk("Reshape", [f"{p}.rq2d", f"{p}.shape"], [f"{p}.rq"], name=f"{p}.ResidualView"),
+        ]
+        return nodes, f"{p}.xq", f"{p}.ascale", f"{p}.rq"
+    _const(graph, f"{p}.lo", np.array(-float(qmax), dtype=np.float32))
+    _const(graph, f"{p}.hi", np.array(float(qmax), dtype=np.float32))
+    _const(graph, f"{p}.zpf", np.array(float(zp), dtype=np.float32))
     nodes += [
         mk("Div", [x, f"{p}.ascale"], [f"{p}.xs"], name=f"{p}.Div"),
         mk("Round", [f"{p}.xs"], [f"{p}.xr"], name=f"{p}.Round"),
@@ -134,7 +180,7 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         mk("Add", [f"{p}.xc", f"{p}.zpf"], [f"{p}.xz"], name=f"{p}.Shift"),
         mk("Cast", [f"{p}.xz"], [f"{p}.xq"], to=TensorProto.UINT8, name=f"{p}.Cast"),
     ]
-    return nodes, f"{p}.xq", f"{p}.ascale"
+    return nodes, f"{p}.xq", f"{p}.ascale", None
 
 
 def gptq_int8(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -163,16 +209,17 @@ def gptq_int8(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float
     return q.T.astype(np.int8)
 
 
-def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str,
+def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str, rq: str | None,
                           graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None,
                           hessian: np.ndarray | None = None,
-                          cache: dict | None = None) -> list[onnx.NodeProto]:
+                          cache: dict | None = None, bits: int = 8) -> list[onnx.NodeProto]:
     """x·W from the quantized activation: int8 weights per output channel, then the row scale.
 
     ``outliers`` = (fp32 activation columns tensor, their channel indices): those input channels
     were zeroed before quantization and are multiplied here in fp32 with their weight rows.
     ``hessian`` (XᵀX of the activation as the integer path sees it) switches weight rounding to
-    :func:`gptq_int8`; ``cache`` keeps its result across plans of one export."""
+    :func:`gptq_int8`; ``cache`` keeps its result across plans of one export. ``rq``: the residual
+    codes (``token2``), multiplied by the same weights and added on their finer scale."""
     p = node.name or node.output[0]
     mk = helper.make_node
     tail: list[onnx.NodeProto] = []
@@ -191,19 +238,32 @@ def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: 
     w_scale = np.where(w_absmax > 0, w_absmax / 127.0, 1.0).astype(np.float32)
     if hessian is None:
         codes = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
-    elif cache is not None and p in cache:
-        codes = cache[p]
     else:
-        codes = gptq_int8(w, hessian, w_scale)
-        if cache is not None:
-            cache[p] = codes
+        # the weights as the integer path sees them depend on the plan (smoothing is fitted to the
+        # MatMuls sharing the activation), so the key is their bytes, not the node's name
+        key = (p, hashlib.sha1(w.tobytes()).hexdigest())
+        codes = cache.get(key) if cache is not None else None
+        if codes is None:
+            codes = gptq_int8(w, hessian, w_scale)
+            if cache is not None:
+                cache[key] = codes
     _const(graph, f"{p}.wq", codes)
     _const(graph, f"{p}.wscale", w_scale)
     _const(graph, f"{p}.one", np.array(1.0, dtype=np.float32))
-    _const(graph, f"{p}.zp", np.array(128, dtype=np.uint8))
+    _const(graph, f"{p}.zp", np.array(activation_range(bits)[1], dtype=np.uint8))
+    if rq is None:
+        return [
+            mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],
+               [f"{p}.yq"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloat"),
+            mk("Mul", [f"{p}.yq", ascale], [y], name=f"{p}.RowScale"),
+        ] + tail
+    _const(graph, f"{p}.inv_steps", np.array(1.0 / residual_steps(bits), dtype=np.float32))
     return [
         mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],
-           [f"{p}.yq"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloat"),
+           [f"{p}.yq_hi"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloat"),
+        mk("MatMulIntegerToFloat", [rq, f"{p}.wq", f"{p}.inv_steps", f"{p}.wscale", f"{p}.zp"],
+           [f"{p}.yq_lo"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloatResidual"),
+        mk("Add", [f"{p}.yq_hi", f"{p}.yq_lo"], [f"{p}.yq"], name=f"{p}.ResidualAdd"),
         mk("Mul", [f"{p}.yq", ascale], [y], name=f"{p}.RowScale"),
     ] + tail
 
@@ -219,11 +279,13 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                act_absmax: Mapping[str, np.ndarray] | None = None,
                alpha: float | None = None, outliers: int = 0,
                outlier_ratio: float = 6.0, hessians: Mapping[str, np.ndarray] | None = None,
-               cache: dict | None = None, chain: str = "qlinear") -> onnx.ModelProto:
+               cache: dict | None = None, chain: str = "qlinear",
+               activation_bits: int = 7) -> onnx.ModelProto:
     """A copy of ``model`` with each MatMul named in ``plan`` rewritten by its scheme.
 
-    MatMuls of the ``token`` scheme that read the same activation (Q, K and V) share one
-    quantization of it. ``act_absmax`` (per MatMul: per-channel max |activation| on calibration
+    MatMuls of one integer scheme that read the same activation (Q, K and V) share one
+    quantization of it, with ``activation_bits``-bit codes (see :func:`activation_range`: 7 is exact
+    on every x86 CPU, 8 only on CPUs with VNNI). ``act_absmax`` (per MatMul: per-channel max |activation| on calibration
     data) with ``alpha`` turns on SmoothQuant-style smoothing for them; with ``outliers`` > 0, up to
     that many input channels whose calibration max exceeds ``outlier_ratio`` x the median channel's
     stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale.
@@ -232,6 +294,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     ``chain``: how activations are quantized (see :func:`_quantize_activation_nodes`)."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
+    activation_range(activation_bits)  # validates
     unknown = {s for s in plan.values() if s not in SCHEMES}
     if unknown:
         raise ValueError(f"plan uses unknown schemes {sorted(unknown)}; known: {SCHEMES}")
@@ -243,59 +306,64 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     missing = set(plan) - set(sites)
     if missing:
         raise ValueError(f"plan names MatMuls that are not in the graph: {sorted(missing)[:3]}")
-    token = [n for n in graph.node if n.name in sites and plan.get(n.name) == "token"]
-    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in token}
-    groups: dict[str, list[onnx.NodeProto]] = {}
-    for n in token:
-        groups.setdefault(n.input[0], []).append(n)
-    inv_smooth: dict[str, np.ndarray | None] = {}
-    outlier_idx: dict[str, np.ndarray] = {}
-    for x, members in groups.items():
-        inv_smooth[x] = None
-        if outliers > 0 and act_absmax is not None and members[0].name in act_absmax:
-            a = act_absmax[members[0].name]
-            top = np.argsort(-a)[:outliers]
-            top = np.sort(top[a[top] > outlier_ratio * np.median(a)])
+    integer = [n for n in graph.node if n.name in sites and plan.get(n.name) in INTEGER_SCHEMES]
+    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in integer}
+    # MatMuls reading the same activation with the same scheme share one quantization of it
+    groups: dict[tuple[str, str], list[onnx.NodeProto]] = {}
+    for n in integer:
+        groups.setdefault((n.input[0], plan[n.name]), []).append(n)
+    inv_smooth: dict[tuple[str, str], np.ndarray | None] = {}
+    outlier_idx: dict[tuple[str, str], np.ndarray] = {}
+    for g, members in groups.items():
+        inv_smooth[g] = None
+        stats = act_absmax[members[0].name] if act_absmax is not None and members[0].name in act_absmax else None
+        if g[1] != "token" or stats is None:  # token2 carries activations at ~15 bits: no smoothing
+            continue
+        if outliers > 0:
+            top = np.argsort(-stats)[:outliers]
+            top = np.sort(top[stats[top] > outlier_ratio * np.median(stats)])
             if top.size:
-                outlier_idx[x] = top
-        if alpha is not None and act_absmax is not None and members[0].name in act_absmax:
+                outlier_idx[g] = top
+        if alpha is not None:
             stacked = np.concatenate([weights[m.name] for m in members], axis=1)
-            s = smoothing_factors(act_absmax[members[0].name], stacked, alpha)
-            if x in outlier_idx:  # outlier channels go the fp32 way, unsmoothed
-                s[outlier_idx[x]] = 1.0
+            sm = smoothing_factors(stats, stacked, alpha)
+            if g in outlier_idx:  # outlier channels go the fp32 way, unsmoothed
+                sm[outlier_idx[g]] = 1.0
             for m in members:
-                weights[m.name] = weights[m.name] * s[:, None]
-            inv_smooth[x] = 1.0 / s
-        if x in outlier_idx:  # zero the outlier channels in the integer path
+                weights[m.name] = weights[m.name] * sm[:, None]
+            inv_smooth[g] = 1.0 / sm
+        if g in outlier_idx:  # zero the outlier channels in the integer path
             keep = np.ones(weights[members[0].name].shape[0], dtype=np.float32)
-            keep[outlier_idx[x]] = 0.0
-            inv_smooth[x] = keep if inv_smooth[x] is None else inv_smooth[x] * keep
+            keep[outlier_idx[g]] = 0.0
+            inv_smooth[g] = keep if inv_smooth[g] is None else inv_smooth[g] * keep
     new_nodes: list[onnx.NodeProto] = []
-    quantized: dict[str, tuple[str, str]] = {}
-    outlier_cols: dict[str, tuple[str, np.ndarray]] = {}
+    quantized: dict[tuple[str, str], tuple[str, str, str | None]] = {}
+    outlier_cols: dict[tuple[str, str], tuple[str, np.ndarray]] = {}
     block_nodes = []
     for node in graph.node:
         scheme = plan.get(node.name, "fp32") if node.name in sites else "fp32"
-        if scheme == "token":
+        if scheme in INTEGER_SCHEMES:
             x = node.input[0]
-            if x not in quantized:
+            g = (x, scheme)
+            if g not in quantized:
                 prefix = f"{node.name}.act"
-                nodes, xq, ascale = _quantize_activation_nodes(x, prefix, graph, opset, inv_smooth[x],
-                                                               sites[node.name].k, chain)
+                nodes, xq, ascale, rq = _quantize_activation_nodes(
+                    x, prefix, graph, opset, inv_smooth[g], sites[node.name].k, chain,
+                    residual=scheme == "token2", bits=activation_bits)
                 new_nodes.extend(nodes)
-                quantized[x] = (xq, ascale)
-                if x in outlier_idx:
-                    _const(graph, f"{prefix}.outlier_idx", outlier_idx[x].astype(np.int64))
+                quantized[g] = (xq, ascale, rq)
+                if g in outlier_idx:
+                    _const(graph, f"{prefix}.outlier_idx", outlier_idx[g].astype(np.int64))
                     new_nodes.append(helper.make_node(
                         "Gather", [x, f"{prefix}.outlier_idx"], [f"{prefix}.outlier_cols"], axis=-1,
                         name=f"{prefix}.OutlierGather"))
-                    outlier_cols[x] = (f"{prefix}.outlier_cols", outlier_idx[x])
+                    outlier_cols[g] = (f"{prefix}.outlier_cols", outlier_idx[g])
             hessian = None
             if hessians is not None and node.name in hessians:
-                scale = inv_smooth[x] if inv_smooth[x] is not None else 1.0
+                scale = inv_smooth[g] if inv_smooth[g] is not None else 1.0
                 hessian = hessians[node.name] * np.outer(scale, scale)
-            new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[x], graph,
-                                                   outlier_cols.get(x), hessian, cache))
+            new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[g], graph,
+                                                   outlier_cols.get(g), hessian, cache, activation_bits))
             continue
         if scheme == "block":
             block_nodes.append(node.name)

@@ -79,21 +79,35 @@ def integer_gemm_may_saturate(features: dict | None = None) -> bool:
     return f["int8_dot_product"] in ("AVX2 (no VNNI)", "none")
 
 
+INTEGER_GEMM_SCHEMES = ("token", "token2")  # the export's schemes that run uint8 x int8 GEMMs
+
+
 def integer_gemm_count(quantization: dict) -> int:
-    """MatMuls of the ``token`` scheme in an artifact, from its spec's ``quantization`` entry."""
+    """MatMuls of the integer-GEMM schemes (``token``, ``token2``) in an artifact, from its spec's
+    ``quantization`` entry."""
     counts = quantization.get("plan_counts")
     if isinstance(counts, dict):
-        return int(counts.get("token", 0))
+        return sum(int(counts.get(s, 0)) for s in INTEGER_GEMM_SCHEMES)
     plan = quantization.get("plan")
-    return sum(1 for s in plan.values() if s == "token") if isinstance(plan, dict) else 0
+    return sum(1 for s in plan.values() if s in INTEGER_GEMM_SCHEMES) if isinstance(plan, dict) else 0
+
+
+def saturation_safe(quantization: dict) -> bool:
+    """True when the artifact's integer GEMMs take 7-bit activation codes (uint8 <= 127): their pairs
+    of products stay within int16 (127 x 127 x 2 = 32,258), so sums are exact on every x86 CPU.
+    Artifacts from before the ``activation_bits`` entry used 8-bit codes."""
+    return int(quantization.get("activation_bits", 8)) <= 7
 
 
 def check_integer_gemm(quantization: dict, source: str, features: dict | None = None) -> bool:
-    """Warn once per artifact when it has integer-GEMM (``token``) MatMuls and this CPU lacks VNNI.
+    """Warn once per artifact when it has integer-GEMM MatMuls with 8-bit activation codes and this
+    CPU lacks VNNI (7-bit codes are exact there too).
 
     ``quantization``: the artifact spec's entry of that name. Returns True when it warned."""
-    token = integer_gemm_count(quantization or {})
-    if token == 0 or not integer_gemm_may_saturate(features) or source in _warned:
+    quantization = quantization or {}
+    token = integer_gemm_count(quantization)
+    if (token == 0 or saturation_safe(quantization) or not integer_gemm_may_saturate(features)
+            or source in _warned):
         return False
     _warned.add(source)
     f = cpu_features() if features is None else features
@@ -101,7 +115,8 @@ def check_integer_gemm(quantization: dict, source: str, features: dict | None = 
         "%s runs %d MatMuls as uint8 x int8 integer GEMMs, and this CPU (%s) has no VNNI: "
         "onnxruntime's kernels here add products in saturating 16-bit sums, so scores may differ "
         "from the verified ones (by a lot for inputs with large activations). Run on a CPU with "
-        "AVX512_VNNI or AVX_VNNI; or re-export the checkpoint on this machine (`rewardrt export`: "
-        "its plan search and fidelity gate then measure these kernels), or with --precision fp32.",
+        "AVX512_VNNI or AVX_VNNI; or re-export the checkpoint with 7-bit activation codes "
+        "(`rewardrt export --activation-bits 7`, the default: exact on every x86 CPU), or with "
+        "--precision fp32.",
         source, token, f["int8_dot_product"])
     return True

@@ -37,30 +37,64 @@ def test_numpy_fallback_names_avx512_vnni():
     assert set(f) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni"} and all(isinstance(v, bool) for v in f.values())
 
 
-def test_int8_artifact_warns_once_without_vnni(tiny_int8, monkeypatch, caplog, fresh_warnings):
+EIGHT_BIT = {"plan_counts": {"token": 2, "token2": 1, "block": 3}, "activation_bits": 8}
+
+
+def test_eight_bit_integer_gemms_warn_once_without_vnni(caplog, fresh_warnings):
+    with caplog.at_level(logging.WARNING, logger="rewardrt.runtime.cpu"):
+        assert cpu.check_integer_gemm(EIGHT_BIT, "a.onnx", AVX2_ONLY)
+        assert not cpu.check_integer_gemm(EIGHT_BIT, "a.onnx", AVX2_ONLY)  # once per artifact
+        assert not cpu.check_integer_gemm(EIGHT_BIT, "b.onnx", VNNI)
+        # artifacts from before the activation_bits entry used 8-bit codes
+        assert cpu.check_integer_gemm({"plan_counts": {"token": 1}}, "old.onnx", AVX2_ONLY)
+    warnings = [r for r in caplog.records if r.name == "rewardrt.runtime.cpu"]
+    assert len(warnings) == 2
+    text = warnings[0].getMessage()
+    assert "3 MatMuls" in text and "no VNNI" in text and "saturating" in text and "a.onnx" in text
+    assert "--activation-bits 7" in text and "--precision fp32" in text
+
+
+def test_seven_bit_artifact_loads_without_warning_on_avx2(tiny_int8, tiny_fp32, monkeypatch, caplog,
+                                                          fresh_warnings):
     path, report = tiny_int8
-    assert report.plan.get("token", 0) >= 1
+    assert report.plan.get("token", 0) + report.plan.get("token2", 0) >= 1
+    seen = []
+    real = cpu.check_integer_gemm
+    from rewardrt.runtime import api
+
+    monkeypatch.setattr(api, "check_integer_gemm", lambda q, s, f=None: seen.append(q) or real(q, s, f))
     monkeypatch.setattr(cpu, "cpu_features", lambda: AVX2_ONLY)
     with caplog.at_level(logging.WARNING, logger="rewardrt.runtime.cpu"):
         RewardModel(path)
-        RewardModel(path)
-    warnings = [r for r in caplog.records if r.name == "rewardrt.runtime.cpu"]
-    assert len(warnings) == 1
-    text = warnings[0].getMessage()
-    assert "no VNNI" in text and "saturating" in text and "--precision fp32" in text and str(path) in text
-
-
-def test_no_warning_with_vnni_or_without_integer_gemm(tiny_int8, tiny_fp32, monkeypatch, caplog, fresh_warnings):
-    with caplog.at_level(logging.WARNING, logger="rewardrt.runtime.cpu"):
-        monkeypatch.setattr(cpu, "cpu_features", lambda: VNNI)
-        RewardModel(tiny_int8[0])
-        monkeypatch.setattr(cpu, "cpu_features", lambda: AVX2_ONLY)
         RewardModel(tiny_fp32[0])
+    assert seen and seen[0]["activation_bits"] == 7  # the load path hands the spec to the check
     assert not [r for r in caplog.records if r.name == "rewardrt.runtime.cpu"]
 
 
+def test_seven_bit_codes_are_exact_on_this_cpu():
+    """Whatever this CPU's kernels: uint8 codes <= 127 times int8 weights give exact integer sums
+    (the premise of the 7-bit default); 8-bit codes are exact only where the CPU has VNNI."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = rng.integers(-127, 128, (64, 48)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b", "zp"], ["y"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [9, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [9, 48])],
+        [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(64, np.uint8), "zp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.integers(1, 128, (9, 64)).astype(np.uint8)
+    a[0] = 127  # the worst case: every pair of products at 127 x 127
+    (y,) = session.run(None, {"a": a})
+    assert np.array_equal(y, (a.astype(np.int64) - 64) @ b.astype(np.int64))
+
+
 def test_token_count_from_plan_or_counts():
-    assert cpu.integer_gemm_count({"plan_counts": {"token": 3, "block": 2}}) == 3
+    assert cpu.integer_gemm_count({"plan_counts": {"token": 3, "token2": 2, "block": 2}}) == 5
     assert cpu.integer_gemm_count({"plan": {"a": "token", "b": "fp32", "c": "token"}}) == 2
     assert cpu.integer_gemm_count({}) == 0
 

@@ -49,7 +49,7 @@ def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs
     assert diff.mean() <= 0.01 and diff.max() <= 0.05
     ops = _ops(path)
     assert ops["MatMulIntegerToFloat"] + ops["MatMulNBits"] >= 1
-    assert ops["MatMulIntegerToFloat"] == report.plan.get("token", 0)
+    assert ops["MatMulIntegerToFloat"] == report.plan.get("token", 0) + 2 * report.plan.get("token2", 0)
     assert ops["MatMulNBits"] == report.plan.get("block", 0)
     inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
     assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
@@ -173,13 +173,18 @@ def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_in
     ops = _ops(path)
     spec = json.loads({p.key: p.value for p in model.metadata_props}[KEY_SPEC])
     assert spec["quantization"]["activation_chain"] == "qlinear"
-    activations = {n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
-    # one QuantizeLinear for the codes and one for the zero points per quantized activation
-    assert len(activations) >= 1 and report.plan.get("token", 0) >= 1
-    assert ops["QuantizeLinear"] == 2 * len(activations)
+    assert spec["quantization"]["activation_bits"] == 7
+    codes = {n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
+    residual = {c for c in codes if c.endswith(".rq")}
+    # per quantized activation: one QuantizeLinear for the codes and one for the zero points, and
+    # one more for the residual codes of the token2 scheme
+    assert len(codes) >= 1 and report.plan.get("token", 0) + report.plan.get("token2", 0) >= 1
+    assert ops["QuantizeLinear"] == 2 * (len(codes) - len(residual)) + len(residual)
     assert ops["Round"] == 0
 
 
-def test_activation_chain_is_checked():
+def test_activation_chain_and_bits_are_checked():
     with pytest.raises(ValueError, match="activation_chain must be one of"):
         ExportConfig(activation_chain="fast")
+    with pytest.raises(ValueError, match="activation_bits must be one of"):
+        ExportConfig(activation_bits=6)
