@@ -5,13 +5,13 @@ batch, so (1) the mean⊕max pooling amplifies the noise of the few outlier chan
 scale (measured on MiniLM + a linear head: mean |Δ| 0.037-0.078, far over budget) and (2) a pair's
 score depends on what else is in its batch. The schemes here quantize activations per token:
 
-``token``  W8A8: activations int8 per token (symmetric, one scale per row, computed at run time),
-           weights int8 per output channel (symmetric). Integer GEMM through ``MatMulIntegerToFloat``
+``token``  activations quantized per token (symmetric, one scale per row, computed at run time; 7- or
+           8-bit codes, see :func:`activation_range`), weights int8 per output channel (symmetric). Integer GEMM through ``MatMulIntegerToFloat``
            (MLAS u8s8, VNNI on AVX-512/AVX-VNNI CPUs), then the per-row scale.
-``token2`` the same integer GEMM run twice: once on the activation's int8 codes and once on the
-           int8 codes of what they left over (the rounding residual, on a 254× finer grid of the same
-           row), so activations are carried at about 15 bits; weights as in ``token``, unsmoothed.
-           Twice the integer work and a few more elementwise passes, still far below ``block``.
+``token2`` the same integer GEMM run twice: once on the activation's codes and once on the codes of
+           what they left over (the rounding residual, on a 2·qmax times finer grid of the same row),
+           so activations are carried at about 13 (7-bit codes) or 15 bits; weights as in ``token``,
+           unsmoothed. Twice the integer work plus a few elementwise passes.
 ``block``  ``MatMulNBits`` 8-bit weights in blocks of ``block_size`` along K with int8 activations
            quantized per block of each row (accuracy_level 4): finer scales, so more accurate where
            a row has outliers, at some speed cost.
@@ -52,6 +52,8 @@ def activation_range(bits: int) -> tuple[int, int]:
 def residual_steps(bits: int) -> float:
     """The residual of a code is within ±scale/2: ±qmax codes on a grid of scale / (2·qmax)."""
     return 2.0 * activation_range(bits)[0]
+
+
 MS_DOMAIN = "com.microsoft"
 
 
