@@ -240,8 +240,10 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
                 ) -> tuple[dict[str, str], dict, ActivationStats, dict]:
     """The fastest per-MatMul plan whose calibration error stays inside the scaled budget.
 
-    Schemes by speed on CPUs with int8 dot products: ``token`` (one integer GEMM) < ``token2`` (two
-    integer GEMMs, activations at ~15 bits) < ``block`` (int8 weights, about fp32 speed) ≈ ``fp32``.
+    Schemes in the order tried, fastest first on CPUs with int8 dot products (VNNI): ``token`` (one
+    integer GEMM), ``token2`` (two integer GEMMs; activations at ~13 bits with 7-bit codes; its speed
+    against ``block`` on VNNI is not measured yet), ``block`` (int8 weights, about fp32 speed there).
+    On AVX2-only CPUs the order holds among the three but fp32 beats them all but ``token`` (README).
     The starting plan is ``block`` everywhere when that fits (int8 weights: a quarter of the bytes),
     else ``fp32``. Each MatMul's sensitivity is measured alone (as ``token``); in that order, the
     least sensitive ones take ``token`` for as long as the whole plan stays inside the search target
