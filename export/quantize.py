@@ -6,8 +6,9 @@ scale (measured on MiniLM + a linear head: mean |Δ| 0.037-0.078, far over budge
 score depends on what else is in its batch. The schemes here quantize activations per token:
 
 ``token``  activations quantized per token (symmetric, one scale per row, computed at run time; 7- or
-           8-bit codes, see :func:`activation_range`), weights int8 per output channel (symmetric). Integer GEMM through ``MatMulIntegerToFloat``
-           (MLAS u8s8, VNNI on AVX-512/AVX-VNNI CPUs), then the per-row scale.
+           8-bit codes, see :func:`activation_range`), weights int8 per output channel (symmetric).
+           Integer GEMM through ``MatMulIntegerToFloat`` (MLAS u8s8, VNNI on AVX-512/AVX-VNNI
+           CPUs), then the per-row scale.
 ``token2`` the same integer GEMM run twice: once on the activation's codes and once on the codes of
            what they left over (the rounding residual, on a 2·qmax times finer grid of the same row),
            so activations are carried at about 13 (7-bit codes) or 15 bits; weights as in ``token``,
@@ -30,8 +31,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rewardrt.runtime.cpu import INTEGER_GEMM_SCHEMES as INTEGER_SCHEMES
+
 SCHEMES = ("fp32", "token", "token2", "block")
-INTEGER_SCHEMES = ("token", "token2")
 ACTIVATION_BITS = (7, 8)
 
 
@@ -102,7 +104,7 @@ CHAINS = ("elementwise", "qlinear")
 
 def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: int,
                                inv_smooth: np.ndarray | None, k: int,
-                               chain: str = "qlinear", residual: bool = False, bits: int = 8,
+                               chain: str = "qlinear", residual: bool = False, bits: int = 7,
                                ) -> tuple[list[onnx.NodeProto], str, str, str | None]:
     """Per-token int8 quantization of activation ``x``: (nodes, uint8 tensor, per-row scale, uint8
     codes of the rounding residual on a :func:`residual_steps` times finer grid or None).
@@ -214,7 +216,7 @@ def gptq_int8(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float
 def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str, rq: str | None,
                           graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None,
                           hessian: np.ndarray | None = None,
-                          cache: dict | None = None, bits: int = 8) -> list[onnx.NodeProto]:
+                          cache: dict | None = None, bits: int = 7) -> list[onnx.NodeProto]:
     """x·W from the quantized activation: int8 weights per output channel, then the row scale.
 
     ``outliers`` = (fp32 activation columns tensor, their channel indices): those input channels
@@ -287,8 +289,9 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
 
     MatMuls of one integer scheme that read the same activation (Q, K and V) share one
     quantization of it, with ``activation_bits``-bit codes (see :func:`activation_range`: 7 is exact
-    on every x86 CPU, 8 only on CPUs with VNNI). ``act_absmax`` (per MatMul: per-channel max |activation| on calibration
-    data) with ``alpha`` turns on SmoothQuant-style smoothing for them; with ``outliers`` > 0, up to
+    on every x86 CPU, 8 only on CPUs with VNNI). ``act_absmax`` (per MatMul: per-channel max
+    |activation| on calibration data) with ``alpha`` turns on SmoothQuant-style smoothing for the
+    ``token`` groups; with ``outliers`` > 0, up to
     that many input channels whose calibration max exceeds ``outlier_ratio`` x the median channel's
     stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale.
     ``hessians`` (per MatMul: XᵀX of its calibration input) turn on GPTQ rounding of the weights;
@@ -319,7 +322,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     for g, members in groups.items():
         inv_smooth[g] = None
         stats = act_absmax[members[0].name] if act_absmax is not None and members[0].name in act_absmax else None
-        if g[1] != "token" or stats is None:  # token2 carries activations at ~15 bits: no smoothing
+        if g[1] != "token" or stats is None:  # token2 carries activations at ~13-15 bits: no smoothing
             continue
         if outliers > 0:
             top = np.argsort(-stats)[:outliers]

@@ -22,7 +22,7 @@ import torch
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
-from rewardrt.runtime.evaluate import CONFOUND_F1, confound_rate, word_f1
+from rewardrt.runtime.evaluate import confound_rate, is_confound_pair
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,7 @@ def add_hard_contradictions(pairs: list[tuple[Example, Example]], rows: list[dic
                             r: Recipe) -> list[tuple[Example, Example]]:
     """Repeat the labelled high-overlap contradictions (the first ``len(rows)`` pairs hold the
     labelled rows in order) ``hard_contradiction_repeats`` extra times, with their final targets."""
-    hard = [pairs[i] for i, row in enumerate(rows)
-            if row.get("entailment") == "CONTRADICTION" and word_f1(row["a"], row["b"]) >= CONFOUND_F1]
+    hard = [pairs[i] for i, row in enumerate(rows) if is_confound_pair(row)]
     log.info("hard contradictions: %d pairs, %d extra copies each", len(hard), r.hard_contradiction_repeats)
     return list(pairs) + hard * r.hard_contradiction_repeats
 

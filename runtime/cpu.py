@@ -79,7 +79,7 @@ def integer_gemm_may_saturate(features: dict | None = None) -> bool:
     return f["int8_dot_product"] in ("AVX2 (no VNNI)", "none")
 
 
-INTEGER_GEMM_SCHEMES = ("token", "token2")  # the export's schemes that run uint8 x int8 GEMMs
+INTEGER_GEMM_SCHEMES = ("token", "token2")  # plan schemes that run uint8 x int8 GEMMs (export uses this too)
 
 
 def integer_gemm_count(quantization: dict) -> int:

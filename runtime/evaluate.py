@@ -89,10 +89,14 @@ def swap_probes(rows: Sequence[dict], per_rule: int = 300, seed: int = 7) -> dic
     return probes
 
 
+def is_confound_pair(row: dict) -> bool:
+    """A CONTRADICTION pair whose wording overlaps (word-F1 >= 0.5): the pairs the confound rate counts."""
+    return row.get("entailment") == "CONTRADICTION" and word_f1(row["a"], row["b"]) >= CONFOUND_F1
+
+
 def confound_rate(rows: Sequence[dict], scores: np.ndarray) -> float | None:
     """Share of the CONTRADICTION pairs with word-F1 >= 0.5 scored > 0.7 (None: no such pair)."""
-    conf = np.array([r.get("entailment") == "CONTRADICTION" and word_f1(r["a"], r["b"]) >= CONFOUND_F1
-                     for r in rows], dtype=bool)
+    conf = np.array([is_confound_pair(r) for r in rows], dtype=bool)
     return float(np.mean(scores[conf] > CONFOUND_SCORE)) if conf.any() else None
 
 
