@@ -38,6 +38,8 @@ class Recipe:
     trainable_layers: int = 3          # top encoder layers unfrozen (of 6)
     epochs: int = 2                    # length of the learning-rate schedule
     stop_after_epochs: int | None = None   # stop early (schedule unchanged); None: run all epochs
+    stop_after_steps: int | None = None    # ... or after this many optimizer steps (a dev evaluation
+                                           # there too); None: no step limit
     batch_size: int = 32
     max_length: int = 128              # pairs here are short; inference still truncates at 512
     lr_encoder: float = 4e-5
@@ -87,6 +89,10 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
+        for name in ("stop_after_epochs", "stop_after_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int or null, got {v!r}")
         if not 1 <= self.trainable_layers <= 6:
             raise ValueError(f"trainable_layers must be 1..6, got {self.trainable_layers}")
 
@@ -413,9 +419,13 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
                 log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
                          steps_per_epoch, running / 100, time.time() - t0)
                 running = 0.0
+            if step == r.stop_after_steps:
+                break
             if r.eval_every_steps and step % r.eval_every_steps == 0 and 0 < i < steps_per_epoch - 1:
                 select(epoch + 1)
         select(epoch + 1)
+        if step == r.stop_after_steps:
+            break
     summary = {"recipe": asdict(r), "history": history, "selected_epoch": best["epoch"], "selected_step": best["step"],
                "wall_time_s": round(time.time() - t0, 1), "threads": r.threads,
                "torch": torch.__version__}

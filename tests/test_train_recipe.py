@@ -151,7 +151,8 @@ def test_selection_prefers_evaluations_within_the_confound_limit():
 
 @pytest.mark.parametrize("field, value", [("teacher_weight", 1.5), ("teacher_weight", -0.1),
                                           ("contradiction_cap", 2.0), ("teacher_pairs", -1),
-                                          ("hard_contradiction_repeats", -1)])
+                                          ("hard_contradiction_repeats", -1), ("stop_after_steps", 0),
+                                          ("stop_after_steps", "3"), ("stop_after_epochs", 0)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
@@ -167,3 +168,23 @@ def test_hard_contradictions_are_repeated_with_their_targets():
     assert out[len(pairs):] == [pairs[1], pairs[1]]  # the negated guitar pair, target 0.5 * 0.8
     assert out[-1][0][2] == pytest.approx(0.4)
     assert train.add_hard_contradictions(pairs, rows, train.Recipe()) == pairs
+
+
+def test_training_stops_after_the_recipe_steps_and_keeps_the_best_evaluation(tmp_path):
+    """A real (tiny) run of the packaged base: 40 pairs, batch 4, stop after 3 steps."""
+    pytest.importorskip("transformers")
+    rows = []
+    for i in range(20):
+        rows += [dict(r, a=f"{r['a']} {i}", b=f"{r['b']} {i}") for r in _rows()[:2]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({
+        "train_data": str(data), "dev_data": str(data), "trainable_layers": 1, "epochs": 2,
+        "batch_size": 4, "max_length": 32, "edits_per_rule": 0, "eval_every_steps": 2,
+        "stop_after_steps": 3, "threads": 1}))
+    summary = train.train(recipe, tmp_path / "out")
+    assert [h["step"] for h in summary["history"]] == [2, 3]  # the step-2 evaluation, then the stop
+    assert summary["selected_step"] in (2, 3)
+    assert (tmp_path / "out" / "checkpoint" / "head_weights.pt").exists()
+    assert json.loads((tmp_path / "out" / "train_log.json").read_text())["selected_step"] == summary["selected_step"]
