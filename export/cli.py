@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation-bits", type=int, choices=[7, 8], default=7,
                    help="integer-GEMM activation codes: 7 (default) are exact on every x86 CPU; 8 "
                         "are finer but saturate on CPUs without VNNI (AVX2 only)")
+    p.add_argument("--integer-schemes", default="token",
+                   help="comma-separated integer-GEMM schemes the plan search tries, in order: token, "
+                        "token2 (default: token; 'none' for none)")
+    p.add_argument("--weight-only", choices=["dequant", "block"], default="dequant",
+                   help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
+                        "expanded at load: fp32 speed on every CPU, default) or block (MatMulNBits: "
+                        "less memory, ~2.5x slower than fp32 on AVX2-only CPUs)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 
@@ -57,6 +64,12 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _schemes(text: str) -> tuple[str, ...]:
+    """``--integer-schemes``: 'token,token2' -> ('token', 'token2'); 'none' -> ()."""
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    return () if names == ("none",) else names
+
+
 def run(args: argparse.Namespace) -> int:
     from rewardrt.export.exporter import ExportConfig, export
 
@@ -66,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
-                           activation_bits=args.activation_bits)
+                           activation_bits=args.activation_bits, weight_only=args.weight_only,
+                           integer_schemes=_schemes(args.integer_schemes))
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

@@ -88,6 +88,11 @@ class ExportConfig:
     # integer-GEMM activation codes: 7 bits give exact integer sums on every x86 CPU (AVX2 kernels
     # saturate 8-bit ones), so the verified scores hold everywhere; 8 bits only on VNNI CPUs
     activation_bits: int = 7
+    # integer-GEMM schemes the plan search tries, in this order, on the least sensitive MatMuls
+    integer_schemes: tuple[str, ...] = ("token",)
+    # the int8-weight scheme of every other MatMul: "dequant" (fp32 compute on weights expanded at
+    # load: fp32 speed on every CPU) or "block" (MatMulNBits: less memory, ~2.5x slower on AVX2)
+    weight_only: str = "dequant"
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -113,6 +118,15 @@ class ExportConfig:
             raise ValueError(f"activation_bits must be one of {quantize.ACTIVATION_BITS}, got {self.activation_bits!r}")
         if self.activation_chain not in quantize.CHAINS:
             raise ValueError(f"activation_chain must be one of {quantize.CHAINS}, got {self.activation_chain!r}")
+        if isinstance(self.integer_schemes, list):
+            object.__setattr__(self, "integer_schemes", tuple(self.integer_schemes))
+        if isinstance(self.integer_schemes, str) or any(
+                x not in quantize.INTEGER_SCHEMES for x in self.integer_schemes) \
+                or len(set(self.integer_schemes)) != len(self.integer_schemes):
+            raise ValueError(f"integer_schemes must be distinct names from {quantize.INTEGER_SCHEMES}, "
+                             f"got {self.integer_schemes!r}")
+        if self.weight_only not in quantize.WEIGHT_ONLY_SCHEMES:
+            raise ValueError(f"weight_only must be one of {quantize.WEIGHT_ONLY_SCHEMES}, got {self.weight_only!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
 
@@ -240,15 +254,14 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
                 ) -> tuple[dict[str, str], dict, ActivationStats, dict]:
     """The fastest per-MatMul plan whose calibration error stays inside the scaled budget.
 
-    Schemes in the order tried, fastest first on CPUs with int8 dot products (VNNI): ``token`` (one
-    integer GEMM), ``token2`` (two integer GEMMs; activations at ~13 bits with 7-bit codes; its speed
-    against ``block`` on VNNI is not measured yet), ``block`` (int8 weights, about fp32 speed there).
-    On AVX2-only CPUs the order holds among the three but fp32 beats them all but ``token`` (README).
-    The starting plan is ``block`` everywhere when that fits (int8 weights: a quarter of the bytes),
-    else ``fp32``. Each MatMul's sensitivity is measured alone (as ``token``); in that order, the
-    least sensitive ones take ``token`` for as long as the whole plan stays inside the search target
-    (binary search over the order), then the least sensitive of the rest take ``token2`` the same
-    way, and from an fp32 start the least sensitive of what is left take ``block``."""
+    Every MatMul starts on the int8-weight scheme ``cfg.weight_only`` when that fits (a quarter of
+    the weight bytes; ``dequant`` computes in fp32, so it is fp32 speed on every CPU), else on
+    ``fp32``. Each MatMul's sensitivity is measured alone (as ``token``); in that order, the least
+    sensitive ones take the first of ``cfg.integer_schemes`` (default ``token``: one integer GEMM,
+    0.36-0.67x the fp32 MatMul's time on VNNI CPUs, 0.96-1.19x on AVX2-only ones) for as long as the
+    whole plan stays inside the search target (binary search over the order), then the next scheme
+    the same way (``token2``: two integer GEMMs, ~1.9-2.3x fp32 time on AVX2, so not tried by
+    default), and from an fp32 start the least sensitive of what is left take ``cfg.weight_only``."""
     sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
     target = cfg.budget.scaled(cfg.search_margin, cfg.agreement_margin)
     stats = _activation_stats(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
@@ -269,10 +282,14 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
 
     start = time.time()
     # int8 weights everywhere if that fits (small file); otherwise fp32 where it does not
-    plan = {s: "block" for s in sites}
-    all_block_fits = not over_target(trial(plan, "block-all"))
-    if not all_block_fits:
+    weight_only = cfg.weight_only
+    plan = {s: weight_only for s in sites}
+    all_fit = not over_target(trial(plan, f"{weight_only}-all"))
+    if not all_fit:
         plan = {s: "fp32" for s in sites}
+    steps = cfg.integer_schemes + (() if all_fit else (weight_only,))
+    if not steps:
+        return plan, {"search_target": asdict(target), "search_seconds": round(time.time() - start, 1)}, stats, cache
     # ranking the MatMuls needs fewer pairs than the target: an evenly spaced subset (long pairs too)
     pick = np.unique(np.linspace(0, len(cal) - 1, min(len(cal), cfg.sensitivity_size)).astype(int))
     subset = Pairs([cal.references[i] for i in pick], [cal.responses[i] for i in pick])
@@ -292,7 +309,7 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
         return best
 
     rest = order
-    for scheme in ("token", "token2") + (() if all_block_fits else ("block",)):
+    for scheme in steps:
         if not rest:
             break
         k = longest_prefix(rest, scheme)
@@ -357,7 +374,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                               activation_chain=cfg.activation_chain, activation_bits=cfg.activation_bits,
                               activation_scales=f"per token (row), symmetric {cfg.activation_bits}-bit, "
                                                 "computed at run time",
-                              weight_scales="per output channel (token, token2) / per block (block)")
+                              integer_schemes=list(cfg.integer_schemes), weight_only=cfg.weight_only,
+                              weight_scales="per output channel (token, token2) / per block (block, dequant)")
         else:
             counts_plan = {"fp32": len(quantize.quantizable_matmuls(model))}
         spec = ArtifactSpec(**{**asdict(spec), "quantization": quant_info})

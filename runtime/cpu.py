@@ -5,7 +5,7 @@ MLAS. With VNNI (AVX512_VNNI or AVX_VNNI) the products are summed straight into 
 (AVX2, or AVX-512 without VNNI) MLAS uses VPMADDUBSW, which adds pairs of u8 x s8 products in int16
 and saturates there: with activations spanning the full uint8 range, as ours do, results can be
 wrong by a lot for rows with large values, so an artifact verified on a VNNI machine may score
-differently on such a CPU. ``block`` (MatMulNBits) and ``fp32`` MatMuls are not affected.
+differently on such a CPU. ``block`` (MatMulNBits), ``dequant`` and ``fp32`` MatMuls are not affected.
 """
 
 from __future__ import annotations

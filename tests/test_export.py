@@ -21,6 +21,15 @@ def _ops(path) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
+def _check_plan_in_graph(path, report) -> None:
+    """The written graph holds the nodes of the plan the report names."""
+    model = onnx.load(str(path))
+    ops = _ops(path)
+    assert ops["MatMulIntegerToFloat"] == report.plan.get("token", 0) + 2 * report.plan.get("token2", 0)
+    assert ops["MatMulNBits"] == report.plan.get("block", 0)
+    assert sum(n.name.endswith(".WeightCast") for n in model.graph.node) == report.plan.get("dequant", 0)
+
+
 def test_fp32_graph_matches_torch_raw(tiny_fp32, tiny_reference, dev_pairs):
     path, report = tiny_fp32
     refs, resps = dev_pairs
@@ -47,10 +56,9 @@ def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs
     theirs = np.array(tiny_reference.batch_score(resps, refs))
     diff = np.abs(ours - theirs)
     assert diff.mean() <= 0.01 and diff.max() <= 0.05
-    ops = _ops(path)
-    assert ops["MatMulIntegerToFloat"] + ops["MatMulNBits"] >= 1
-    assert ops["MatMulIntegerToFloat"] == report.plan.get("token", 0) + 2 * report.plan.get("token2", 0)
-    assert ops["MatMulNBits"] == report.plan.get("block", 0)
+    _check_plan_in_graph(path, report)
+    assert set(report.plan) <= {"token", "dequant", "fp32"}  # the default schemes
+    assert report.plan.get("token", 0) + report.plan.get("dequant", 0) >= 1
     inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
     assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
 
@@ -181,6 +189,35 @@ def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_in
     assert len(codes) >= 1 and report.plan.get("token", 0) + report.plan.get("token2", 0) >= 1
     assert ops["QuantizeLinear"] == 2 * (len(codes) - len(residual)) + len(residual)
     assert ops["Round"] == 0
+
+
+def test_int8_with_token2_and_block_schemes(tiny_checkpoint, tmp_path, data_dir, tiny_reference, dev_pairs):
+    """The non-default schemes (two-level integer GEMM, MatMulNBits) through the same search and gate."""
+    out = tmp_path / "tb.onnx"
+    report = export(tiny_checkpoint, out, ExportConfig(
+        precision="int8", data_dir=str(data_dir), validation_size=200, calibration_size=64,
+        integer_schemes=["token", "token2"], weight_only="block"))
+    assert report.passed and set(report.plan) <= {"token", "token2", "block", "fp32"}, report.plan
+    _check_plan_in_graph(out, report)
+    spec = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[KEY_SPEC])
+    assert spec["quantization"]["integer_schemes"] == ["token", "token2"]
+    assert spec["quantization"]["weight_only"] == "block"
+    refs, resps = dev_pairs
+    diff = np.abs(np.array(RewardModel(out).batch_score(resps, refs))
+                  - np.array(tiny_reference.batch_score(resps, refs)))
+    assert diff.mean() <= 0.01 and diff.max() <= 0.05
+
+
+def test_scheme_options_are_checked():
+    with pytest.raises(ValueError, match="integer_schemes"):
+        ExportConfig(integer_schemes=("token", "token"))
+    with pytest.raises(ValueError, match="integer_schemes"):
+        ExportConfig(integer_schemes=("block",))
+    with pytest.raises(ValueError, match="integer_schemes"):
+        ExportConfig(integer_schemes="token")
+    with pytest.raises(ValueError, match="weight_only"):
+        ExportConfig(weight_only="token")
+    assert ExportConfig(integer_schemes=[]).integer_schemes == ()
 
 
 def test_activation_chain_and_bits_are_checked():

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rewardrt.export.quantize import activation_range, apply_plan, residual_steps
+from rewardrt.export.quantize import activation_range, apply_plan, dequant_weights, residual_steps
 
 K, N = 64, 48
 
@@ -112,3 +112,30 @@ def test_gptq_cache_follows_the_smoothed_weights_not_the_node_name():
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="unknown schemes"):
         apply_plan(_graph({"a": np.ones((K, N), np.float32)}), {"a": "token3"})
+
+
+@pytest.mark.parametrize("k, block, blocks", [(K, 32, 2), (K, 48, 1)])  # 48 does not divide 64: per channel
+def test_dequant_stores_int8_blocks_and_runs_fp32_on_the_dequantized_weights(tmp_path, k, block, blocks):
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((k, N)) * 0.1).astype(np.float32)
+    w[5, 7] = 3.0  # an outlier weight coarsens only its own block's scale
+    model = apply_plan(_graph({"a": w}), {"a": "dequant"}, block_size=block)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert not any(a.dtype == np.float32 and a.size >= k * N for a in inits.values())  # no fp32 copy stored
+    codes, scale = dequant_weights(w, block)
+    assert codes.dtype == np.int8 and codes.shape == (blocks, k // blocks, N) and scale.shape == (blocks, 1, N)
+    assert np.abs(codes).max() <= 127
+    dq = (codes.astype(np.float32) * scale).reshape(k, N)
+    assert np.abs(dq - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
+    x = _activation(rng)
+    (y,) = _run(model, x)
+    assert np.abs(y - x @ dq).max() <= 1e-5 * np.abs(x @ dq).max()  # fp32 compute, activations untouched
+    # onnxruntime folds the constant Cast-Mul-Reshape into one fp32 weight when the session loads
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath)
+    assert [n.op_type for n in optimized.graph.node] == ["MatMul"]
+    (folded,) = [t for t in optimized.graph.initializer if t.name == optimized.graph.node[0].input[1]]
+    assert folded.data_type == TensorProto.FLOAT and list(folded.dims) == [k, N]

@@ -61,7 +61,7 @@ def test_int8_export_of_minilm_meets_the_budget(minilm_checkpoint, tmp_path, dat
     report = export(minilm_checkpoint, out, ExportConfig(
         precision="int8", data_dir=str(data_dir), validation_size=400, calibration_size=256))
     assert report.passed, report.describe()
-    assert sum(report.plan.get(s, 0) for s in ("token", "token2", "block")) > 0
+    assert sum(report.plan.get(s, 0) for s in ("token", "token2", "block", "dequant")) > 0
     refs, resps = dev_pairs
     ours = np.array(RewardModel(out).batch_score(resps, refs))
     theirs = np.array(TorchReward(minilm_checkpoint).batch_score(resps, refs))
