@@ -139,7 +139,7 @@ def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, dat
                        validation_size=plan.export_validation, calibration_size=plan.export_calibration)
     report = export(ckpt, out, cfg)
     log.info("%s", report.describe())
-    return {"exported_s": round(report.seconds, 1), "plan": report.plan}
+    return {"exported_s": round(report.seconds, 1), "plan": report.plan, "gate_rejected": report.rejected}
 
 
 class _DropMessage(logging.Filter):

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
                         "expanded at load: fp32 speed on every CPU, default) or block (MatMulNBits: "
                         "less memory, ~2.5x slower than fp32 on AVX2-only CPUs)")
+    p.add_argument("--gate-retries", type=int, default=3,
+                   help="INT8: when the held-out gate rejects the searched plan, verify this many "
+                        "more with the integer-GEMM MatMuls cut to 1/2, 1/4, ..., none (default 3; 0: fail at once)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
                            activation_bits=args.activation_bits, weight_only=args.weight_only,
-                           integer_schemes=_schemes(args.integer_schemes))
+                           integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

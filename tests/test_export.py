@@ -225,3 +225,57 @@ def test_activation_chain_and_bits_are_checked():
         ExportConfig(activation_chain="fast")
     with pytest.raises(ValueError, match="activation_bits must be one of"):
         ExportConfig(activation_bits=6)
+
+
+def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
+    from rewardrt.export.exporter import gate_fallbacks
+
+    plan = {f"m{i}": "token" for i in range(6)} | {"d0": "dequant", "d1": "dequant"}
+    sens = {f"m{i}": float(5 - i) for i in range(6)}   # m5 least sensitive, m0 most
+    ladder = gate_fallbacks(plan, sens, retries=3, start_scheme="dequant", weight_only="dequant")
+    assert [sorted(s for s, x in p.items() if x == "token") for p in ladder] == [
+        ["m3", "m4", "m5"], ["m5"], []]
+    assert all(sum(x == "dequant" for x in p.values()) == 8 - sum(x == "token" for x in p.values())
+               for p in ladder)
+    # every MatMul on the integer GEMM: they go back to where the search started
+    all_token = {"a": "token", "b": "token"}
+    assert gate_fallbacks(all_token, {"a": 0.1, "b": 0.2}, 1, "dequant", "dequant") == [
+        {"a": "dequant", "b": "dequant"}]
+    # an fp32 start: to the int8-weight scheme if the plan uses it, else to fp32
+    fp32_start = {"a": "token", "b": "token", "c": "fp32"}
+    assert gate_fallbacks(fp32_start, {"a": 0.1, "b": 0.2}, 1, "fp32", "dequant") == [
+        {"a": "fp32", "b": "fp32", "c": "fp32"}]
+    assert gate_fallbacks({**fp32_start, "d": "block"}, {"a": 0.1, "b": 0.2}, 2, "fp32", "block") == [
+        {"a": "token", "b": "block", "c": "fp32", "d": "block"},
+        {"a": "block", "b": "block", "c": "fp32", "d": "block"}]
+    assert gate_fallbacks(plan, sens, 0, "dequant", "dequant") == []
+    assert gate_fallbacks({"d0": "dequant"}, {}, 3, "dequant", "dequant") == []
+    with pytest.raises(ValueError, match="gate_retries"):
+        ExportConfig(gate_retries=-1)
+
+
+def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpoint, tmp_path, data_dir):
+    """A plan that fits the calibration pairs but fails the held-out gate is not the end of the
+    export: the next plan of the ladder is verified and written, and both are on record."""
+    seen = []
+
+    class RejectFirst(FidelityBudget):  # the gate's budget; the search's scaled copy is a plain one
+        def failures(self, f):
+            seen.append(f)
+            return ["rejected on purpose"] if len(seen) == 1 else super().failures(f)
+
+    loose = RejectFirst(max_mean_abs=1.0, max_abs=1.0, min_spearman=-1.0, min_agreement=0.0)
+    out = tmp_path / "retry.onnx"
+    report = export(tiny_checkpoint, out, ExportConfig(
+        precision="int8", data_dir=str(data_dir), validation_size=50, calibration_size=16,
+        sensitivity_size=8, budget=loose))
+    n = 6 * 2  # per layer: Q, K, V, attention output, FFN in, FFN out; 2 layers
+    assert len(seen) == 2 and report.passed
+    assert report.rejected == [{"plan": {"token": n}, "failures": ["rejected on purpose"]}]
+    assert report.plan == {"token": n // 2, "dequant": n - n // 2}
+    _check_plan_in_graph(out, report)
+    spec = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[KEY_SPEC])
+    assert spec["quantization"]["gate_rejected"] == report.rejected
+    assert spec["quantization"]["plan_counts"] == report.plan
+    assert "rejected by the held-out gate first: token=12" in report.describe()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retry.onnx"]
