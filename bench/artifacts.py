@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewardrt.bench.config import BenchPlan
-from rewardrt.bench.engines import ENGINES, EngineSpec
+from rewardrt.bench.engines import ENGINES, HOST_INT8, EngineSpec
 
 log = logging.getLogger(__name__)
 SEEDED_HEAD_SEED = 0
@@ -132,10 +132,11 @@ def _default_int8_for(digest: str) -> Path | None:
     return path if spec.get("checkpoint_digest") == digest else None
 
 
-def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, data_dir: Path) -> dict:
+def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, data_dir: Path,
+                     activation_bits: int | str = "auto") -> dict:
     from rewardrt.export.exporter import ExportConfig, export
 
-    cfg = ExportConfig(precision=precision, data_dir=str(data_dir),
+    cfg = ExportConfig(precision=precision, data_dir=str(data_dir), activation_bits=activation_bits,
                        validation_size=plan.export_validation, calibration_size=plan.export_calibration)
     report = export(ckpt, out, cfg)
     log.info("%s", report.describe())
@@ -196,10 +197,14 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, t
     max_length = min(512, config["max_position_embeddings"])
     folder = cache / choice.digest[:16]
     folder.mkdir(exist_ok=True)
+    from rewardrt.export.exporter import auto_activation_bits
+
     tag = f"cal{plan.export_calibration}-val{plan.export_validation or 'all'}"
+    host_bits = auto_activation_bits()
     paths = {"ort-fp32": folder / "ort-fp32.onnx", "ort-int8": folder / "ort-int8.onnx",
              "rewardrt-fp32": folder / f"rewardrt-fp32-val{plan.export_validation or 'all'}.onnx",
-             "rewardrt-int8": folder / f"rewardrt-int8-{tag}.onnx"}
+             "rewardrt-int8": folder / f"rewardrt-int8-{tag}-a7.onnx",
+             HOST_INT8: folder / f"rewardrt-int8-{tag}-a{host_bits}.onnx"}
     exports: dict[str, dict] = {}
 
     tick("plain ONNX export")
@@ -221,7 +226,14 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, t
     elif paths["rewardrt-int8"].is_file():
         exports["rewardrt-int8"] = {"cached": str(paths["rewardrt-int8"])}
     else:
-        exports["rewardrt-int8"] = _export_rewardrt(choice.path, paths["rewardrt-int8"], "int8", plan, data_dir)
+        exports["rewardrt-int8"] = _export_rewardrt(choice.path, paths["rewardrt-int8"], "int8", plan,
+                                                    data_dir, activation_bits=7)
+
+    tick("rewardrt INT8 export with this CPU's defaults")
+    if paths[HOST_INT8].is_file():  # on a CPU without VNNI: the 7-bit export above
+        exports[HOST_INT8] = {"cached": str(paths[HOST_INT8])}
+    else:
+        exports[HOST_INT8] = _export_rewardrt(choice.path, paths[HOST_INT8], "int8", plan, data_dir)
 
     specs: dict[str, EngineSpec] = {}
     model_files: dict[str, list[str]] = {}

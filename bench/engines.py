@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 REFERENCE = "torch-ref"
+HOST_INT8 = "rewardrt-int8-host"  # what `rewardrt export --precision int8` gives on the bench's CPU
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,12 @@ ENGINES: tuple[EngineInfo, ...] = (
     EngineInfo("rewardrt-fp32", "rewardrt fp32", "rewardrt", ("rewardrt",),
                "rewardrt.RewardModel on the fused fp32 artifact"),
     EngineInfo("rewardrt-int8", "rewardrt INT8", "rewardrt", ("rewardrt",),
-               "rewardrt.RewardModel on the INT8 artifact (searched per-MatMul plan)"),
+               "rewardrt.RewardModel on the portable INT8 artifact: the embedded default model's "
+               "when the checkpoint is the default model, else exported with --activation-bits 7 "
+               "(exact on every x86 CPU)"),
+    EngineInfo(HOST_INT8, "rewardrt INT8, exported here", "rewardrt", ("rewardrt",),
+               "rewardrt.RewardModel on `rewardrt export --precision int8` of the checkpoint with "
+               "default settings on this CPU (activation bits auto: 8 with VNNI, else 7)"),
 )
 BY_NAME = {e.name: e for e in ENGINES}
 

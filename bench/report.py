@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rewardrt.bench.engines import BY_NAME, REFERENCE
+from rewardrt.bench.engines import BY_NAME, HOST_INT8, REFERENCE
 
 PLOTS = {"latency": "latency.png", "throughput": "throughput.png", "fidelity": "fidelity.png"}
 MB = 1e6
@@ -288,7 +288,7 @@ def plot_fidelity(results: dict, scores: dict[str, list[float]], path: Path) -> 
     """Top: INT8 score against the reference's; bottom: their difference, magnified."""
     import numpy as np
 
-    int8 = [e for e in ("rewardrt-int8", "ort-int8", "torch-dynq") if e in scores]
+    int8 = [e for e in ("rewardrt-int8", HOST_INT8, "ort-int8", "torch-dynq") if e in scores]
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(int8), 8.0), layout="constrained")

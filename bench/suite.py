@@ -20,18 +20,18 @@ from pathlib import Path
 
 from rewardrt.bench import artifacts, report, results, runner, system
 from rewardrt.bench.config import BenchConfig, BenchPlan
-from rewardrt.bench.engines import ENGINES, REFERENCE
+from rewardrt.bench.engines import ENGINES, HOST_INT8, REFERENCE
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
-SWAP_ENGINES = (REFERENCE, "torch-dynq", "ort-int8", "rewardrt-int8")
-PROFILED = "rewardrt-int8"   # the engine whose per-op profile and integer throughput are reported
+SWAP_ENGINES = (REFERENCE, "torch-dynq", "ort-int8", "rewardrt-int8", HOST_INT8)
+PROFILED = HOST_INT8   # the engine whose per-op profile and integer throughput are reported
 PROFILE_BATCH = 32
 
 
 def _steps(plan: BenchPlan, threads: tuple[int, ...]) -> int:
     engines = len(ENGINES)
-    prepare = 4 + 1 + 1  # checkpoint and three kinds of artifacts, workloads, workers loaded
+    prepare = 5 + 1 + 1  # checkpoint and four kinds of artifacts, workloads, workers loaded
     measure = len(threads) * (engines + plan.rounds * engines)
     return prepare + measure + engines + len(threads) + 1 + plan.cold_repeats * engines + 1
 
@@ -140,7 +140,7 @@ def run(cfg: BenchConfig) -> dict:
             "int8_peak": peak,
             "int8_efficiency": results.int8_efficiency(profiles, peak, PROFILE_BATCH),
         }
-        for name in ("rewardrt-fp32", "rewardrt-int8"):
+        for name in ("rewardrt-fp32", "rewardrt-int8", HOST_INT8):
             res["engines"][name]["artifact"] = _artifact_facts(prepared.specs[name].model)
         res["ratios"] = results.summary_ratios(res)
         res["duration_s"] = time.time() - t0

@@ -32,9 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agreement-margin", type=float, default=None,
                    help="fraction of the agreement@0.5 slack the plan search may use (default: the "
                         "search margin, 0.5); a larger calibration set allows a larger fraction")
-    p.add_argument("--activation-bits", type=int, choices=[7, 8], default=7,
-                   help="integer-GEMM activation codes: 7 (default) are exact on every x86 CPU; 8 "
-                        "are finer but saturate on CPUs without VNNI (AVX2 only)")
+    p.add_argument("--activation-bits", choices=["auto", "7", "8"], default="auto",
+                   help="integer-GEMM activation codes: 7 are exact on every x86 CPU; 8 are twice as "
+                        "fine (more MatMuls fit the budget, so faster) but saturate on CPUs without "
+                        "VNNI (AVX2 only), where the artifact then warns at load; auto (default): 8 "
+                        "if this CPU has VNNI, else 7. Use 7 for an artifact that travels to unknown CPUs")
     p.add_argument("--integer-schemes", default="token",
                    help="comma-separated integer-GEMM schemes the plan search tries, in order: token, "
                         "token2 (default: token; 'none' for none)")
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
-                           activation_bits=args.activation_bits, weight_only=args.weight_only,
+                           activation_bits=args.activation_bits if args.activation_bits == 'auto' else int(args.activation_bits), weight_only=args.weight_only,
                            integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)

@@ -67,6 +67,15 @@ class FidelityBudget:
 FP32_MAX_RAW_DIFF = 1e-4
 
 
+def auto_activation_bits(features: dict | None = None) -> int:
+    """8-bit activation codes when this CPU sums u8 x s8 products exactly at 8 bits (VNNI, or not
+    x86), else 7. The export verifies on this CPU, so the gate always measures exact arithmetic;
+    an 8-bit artifact then warns when it loads on a CPU without VNNI (rewardrt.runtime.cpu)."""
+    from rewardrt.runtime.cpu import integer_gemm_may_saturate
+
+    return 7 if integer_gemm_may_saturate(features) else 8
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     precision: str = "int8"
@@ -86,8 +95,9 @@ class ExportConfig:
     block_size: int = 32
     activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
     # integer-GEMM activation codes: 7 bits give exact integer sums on every x86 CPU (AVX2 kernels
-    # saturate 8-bit ones), so the verified scores hold everywhere; 8 bits only on VNNI CPUs
-    activation_bits: int = 7
+    # saturate 8-bit ones), so the verified scores hold everywhere; 8 bits are twice as fine but
+    # exact only on VNNI CPUs. "auto": 8 when this (the exporting) CPU has VNNI, else 7
+    activation_bits: int | str = "auto"
     # integer-GEMM schemes the plan search tries, in this order, on the least sensitive MatMuls
     integer_schemes: tuple[str, ...] = ("token",)
     # the int8-weight scheme of every other MatMul: "dequant" (fp32 compute on weights expanded at
@@ -117,8 +127,11 @@ class ExportConfig:
             raise ValueError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
         if not 0 <= self.outlier_channels <= 64:
             raise ValueError(f"outlier_channels must be in [0, 64], got {self.outlier_channels}")
-        if self.activation_bits not in quantize.ACTIVATION_BITS:
-            raise ValueError(f"activation_bits must be one of {quantize.ACTIVATION_BITS}, got {self.activation_bits!r}")
+        if self.activation_bits == "auto":
+            object.__setattr__(self, "activation_bits", auto_activation_bits())
+        if self.activation_bits not in quantize.ACTIVATION_BITS or isinstance(self.activation_bits, bool):
+            raise ValueError(f"activation_bits must be one of {quantize.ACTIVATION_BITS} or 'auto', "
+                             f"got {self.activation_bits!r}")
         if self.activation_chain not in quantize.CHAINS:
             raise ValueError(f"activation_chain must be one of {quantize.CHAINS}, got {self.activation_chain!r}")
         if isinstance(self.integer_schemes, list):

@@ -116,7 +116,8 @@ def check_integer_gemm(quantization: dict, source: str, features: dict | None = 
         "onnxruntime's kernels here add products in saturating 16-bit sums, so scores may differ "
         "from the verified ones (by a lot for inputs with large activations). Run on a CPU with "
         "AVX512_VNNI or AVX_VNNI; or re-export the checkpoint with 7-bit activation codes "
-        "(`rewardrt export --activation-bits 7`, the default: exact on every x86 CPU), or with "
+        "(`rewardrt export --activation-bits 7`: exact on every x86 CPU; the default picks 8 "
+        "only when the exporting CPU has VNNI), or with "
         "--precision fp32.",
         source, token, f["int8_dot_product"])
     return True

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from rewardrt.bench.config import QUICK, BenchConfig
-from rewardrt.bench.engines import ENGINES, REFERENCE
+from rewardrt.bench.engines import ENGINES, HOST_INT8, REFERENCE
 from rewardrt.cli import main as cli_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -63,8 +63,15 @@ def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint, data_dir):
     from rewardrt.bench.artifacts import prepare
 
     prepared = prepare(tiny_checkpoint, quick_run, QUICK, data_dir)
-    assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8"}
+    assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8", HOST_INT8}
     assert all(set(v) == {"cached"} for v in prepared.exports.values()), prepared.exports
+    # the portable artifact has 7-bit codes; the one exported with this CPU's defaults follows the CPU
+    from rewardrt.export.exporter import auto_activation_bits
+    from rewardrt.runtime import RewardModel
+
+    bits = {e: RewardModel(prepared.specs[e].model).spec.quantization["activation_bits"]
+            for e in ("rewardrt-int8", HOST_INT8)}
+    assert bits == {"rewardrt-int8": 7, HOST_INT8: auto_activation_bits()}
 
 
 def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint, data_dir):
@@ -111,10 +118,10 @@ def test_bad_paths_name_the_argument(tmp_path, capsys):
         BenchConfig.from_args(argparse.Namespace(quick=True, data_dir=str(tmp_path / "nowhere")))
 
 
-def test_quick_bench_profiles_rewardrt_int8_and_measures_the_int8_peak(quick_run, tmp_path):
+def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(quick_run, tmp_path):
     res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
     prof = res["profile"]
-    assert prof["engine"] == "rewardrt-int8" and set(prof["by_threads"]) == {"1", "2"}
+    assert prof["engine"] == HOST_INT8 and set(prof["by_threads"]) == {"1", "2"}
     for p in prof["by_threads"].values():
         assert set(p["cases"]) == {"batch 1", "batch 32"}
         for name, case in p["cases"].items():

@@ -225,6 +225,22 @@ def test_activation_chain_and_bits_are_checked():
         ExportConfig(activation_chain="fast")
     with pytest.raises(ValueError, match="activation_bits must be one of"):
         ExportConfig(activation_bits=6)
+    with pytest.raises(ValueError, match="activation_bits must be one of"):
+        ExportConfig(activation_bits="8")
+
+
+def test_auto_activation_bits_follow_the_exporting_cpu(monkeypatch):
+    from rewardrt.export.exporter import auto_activation_bits
+    from rewardrt.runtime import cpu
+
+    assert auto_activation_bits({"int8_dot_product": "VNNI"}) == 8
+    assert auto_activation_bits({"int8_dot_product": "AVX2 (no VNNI)"}) == 7
+    assert auto_activation_bits({"int8_dot_product": "none"}) == 7
+    assert auto_activation_bits({"int8_dot_product": "not x86 (no VPMADDUBSW saturation)"}) == 8
+    monkeypatch.setattr(cpu, "cpu_features", lambda: {"int8_dot_product": "AVX2 (no VNNI)"})
+    assert ExportConfig().activation_bits == 7 and ExportConfig(activation_bits=8).activation_bits == 8
+    monkeypatch.setattr(cpu, "cpu_features", lambda: {"int8_dot_product": "VNNI"})
+    assert ExportConfig().activation_bits == 8 and ExportConfig(activation_bits=7).activation_bits == 7
 
 
 def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
