@@ -140,7 +140,10 @@ def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, dat
                        validation_size=plan.export_validation, calibration_size=plan.export_calibration)
     report = export(ckpt, out, cfg)
     log.info("%s", report.describe())
-    return {"exported_s": round(report.seconds, 1), "plan": report.plan, "gate_rejected": report.rejected}
+    info = {"exported_s": round(report.seconds, 1), "plan": report.plan}
+    if report.rejected:
+        info["gate_rejected"] = report.rejected
+    return info
 
 
 class _DropMessage(logging.Filter):

@@ -88,8 +88,9 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "model.int8.onnx"
     print(f"2) export {what}\n   {ckpt} -> {out} (INT8, plan search + fidelity gate)")
-    # the same settings as the shipped artifact: the default model sits close to the agreement
-    # budget, and a smaller calibration set lets the plan search overreach (the gate then refuses)
+    # what `rewardrt export --precision int8` does on this CPU (activation bits auto); the default
+    # model sits close to the agreement budget, so the gate may reject the searched plan and take
+    # one with fewer integer-GEMM MatMuls (the report says so)
     report = export(ckpt, out, ExportConfig(precision="int8"))
     print(report.describe())
     print("3) the fresh artifact, torch-free:")

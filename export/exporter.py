@@ -163,6 +163,7 @@ class ExportReport:
     seconds: float
     # plans the held-out gate rejected before this one: {"plan": counts, "failures": [...]}
     rejected: list[dict] = field(default_factory=list)
+    activation_bits: int | None = None  # of the integer-GEMM MatMuls (None: the plan has none)
 
     def describe(self) -> str:
         status = "PASS" if self.passed else "FAIL"
@@ -173,6 +174,11 @@ class ExportReport:
             f"  MatMul plan: {plan}",
             f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s",
         ]
+        if self.activation_bits == 8:
+            lines.append("  activation codes: 8-bit, exact on CPUs with VNNI only (the runtime warns on "
+                         "others); --activation-bits 7 for an artifact that runs exactly on every x86 CPU")
+        elif self.activation_bits == 7:
+            lines.append("  activation codes: 7-bit, exact on every x86 CPU")
         for r in self.rejected:
             counts = ", ".join(f"{k}={v}" for k, v in sorted(r["plan"].items()))
             lines.append(f"  rejected by the held-out gate first: {counts} ({'; '.join(r['failures'])})")
@@ -454,6 +460,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                 passed=not failures, failures=failures, plan=counts_plan,
                 fused_ops={k: v for k, v in counts.items() if k in graph.FUSED_OPS},
                 file_bytes=candidate.stat().st_size, seconds=time.time() - t0, rejected=list(rejected),
+                activation_bits=cfg.activation_bits if any(
+                    counts_plan.get(x, 0) for x in quantize.INTEGER_SCHEMES) else None,
             )
             if not failures:
                 break

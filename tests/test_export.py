@@ -294,4 +294,6 @@ def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpo
     assert spec["quantization"]["gate_rejected"] == report.rejected
     assert spec["quantization"]["plan_counts"] == report.plan
     assert "rejected by the held-out gate first: token=12" in report.describe()
+    assert report.activation_bits == ExportConfig().activation_bits
+    assert f"activation codes: {report.activation_bits}-bit" in report.describe()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retry.onnx"]
