@@ -44,9 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
                         "expanded at load: fp32 speed on every CPU, default) or block (MatMulNBits: "
                         "less memory, ~2.5x slower than fp32 on AVX2-only CPUs)")
-    p.add_argument("--gate-retries", type=int, default=3,
-                   help="INT8: when the held-out gate rejects the searched plan, verify this many "
-                        "more with the integer-GEMM MatMuls cut to 1/2, 1/4, ..., none (default 3; 0: fail at once)")
+    p.add_argument("--gate-retries", type=int, default=4,
+                   help="INT8: when the held-out gate rejects the searched plan, verify up to this many "
+                        "more with its integer-GEMM MatMuls cut in even steps to none (default 4: 3/4, "
+                        "1/2, 1/4, none; 0: fail at once)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 

@@ -103,9 +103,9 @@ class ExportConfig:
     # the int8-weight scheme of every other MatMul: "dequant" (fp32 compute on weights expanded at
     # load: fp32 speed on every CPU) or "block" (MatMulNBits: less memory, ~2.5x slower on AVX2)
     weight_only: str = "dequant"
-    # when the held-out gate rejects the searched plan, retry with the integer-GEMM MatMuls cut to
-    # half, a quarter, ..., then none (the most sensitive leave first), at most this many times
-    gate_retries: int = 3
+    # when the held-out gate rejects the searched plan, retry with its integer-GEMM MatMuls cut in
+    # this many even steps down to none (4: 3/4, 1/2, 1/4, none; the most sensitive leave first)
+    gate_retries: int = 4
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -355,8 +355,8 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
 def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries: int,
                    start_scheme: str, weight_only: str) -> list[dict[str, str]]:
     """Plans to verify, in order, if the held-out gate rejects ``plan``: its integer-GEMM MatMuls
-    cut to half, a quarter, ... (the most sensitive leave first, by ``sensitivity``), the last one
-    with none; ``retries`` plans at most. A MatMul that leaves goes back to the scheme the search
+    cut in ``retries`` even steps down to none (4: 3/4, 1/2, 1/4, none of them; the most sensitive
+    leave first, by ``sensitivity``; a step that would keep as many as the one before is skipped). A MatMul that leaves goes back to the scheme the search
     started from (``start_scheme``); from an fp32 start, to ``weight_only`` if the plan uses it (less
     sensitive MatMuls than those took it), else to fp32.
 
@@ -368,12 +368,12 @@ def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries:
                      key=lambda s: (sensitivity.get(s, 0.0), s))
     leave = start_scheme if start_scheme != "fp32" or weight_only not in plan.values() else weight_only
     out: list[dict[str, str]] = []
-    keep = len(integer)
-    for i in range(retries):
-        if keep == 0:
-            break
-        keep = 0 if i == retries - 1 else keep // 2
-        out.append({**plan, **{s: leave for s in integer[keep:]}})
+    last = len(integer)
+    for i in range(1, retries + 1):
+        keep = len(integer) * (retries - i) // retries
+        if keep < last:
+            out.append({**plan, **{s: leave for s in integer[keep:]}})
+            last = keep
     return out
 
 

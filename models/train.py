@@ -52,6 +52,8 @@ class Recipe:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
+    kept_edits_per_rule: int | None = None  # ... for the meaning-preserving rules (synonym, filler,
+                                            # reorder); None: edits_per_rule
     identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
     alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
                                        # previous epoch's (both orders over two epochs, half the steps)
@@ -84,11 +86,14 @@ class Recipe:
         for name in ("teacher_weight", "contradiction_cap"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("teacher_pairs", "hard_contradiction_repeats"):
+        for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
+        if self.kept_edits_per_rule is not None and (not isinstance(self.kept_edits_per_rule, int)
+                                                     or self.kept_edits_per_rule < 0):
+            raise ValueError(f"kept_edits_per_rule must be an int >= 0 or null, got {self.kept_edits_per_rule!r}")
         for name in ("stop_after_epochs", "stop_after_steps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -139,8 +144,9 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
         order = sentences[:]
         rng.shuffle(order)
         made = 0
+        limit = r.edits_per_rule if changed or r.kept_edits_per_rule is None else r.kept_edits_per_rule
         for sentence in order:
-            if made >= r.edits_per_rule:
+            if made >= limit:
                 break
             edited = rule(sentence, rng)
             if edited is None or edited == sentence:

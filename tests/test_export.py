@@ -250,7 +250,10 @@ def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
     sens = {f"m{i}": float(5 - i) for i in range(6)}   # m5 least sensitive, m0 most
     ladder = gate_fallbacks(plan, sens, retries=3, start_scheme="dequant", weight_only="dequant")
     assert [sorted(s for s, x in p.items() if x == "token") for p in ladder] == [
-        ["m3", "m4", "m5"], ["m5"], []]
+        ["m2", "m3", "m4", "m5"], ["m4", "m5"], []]
+    # more steps than MatMuls: no plan twice
+    short = gate_fallbacks({"a": "token", "b": "token"}, {"a": 1.0, "b": 2.0}, 4, "dequant", "dequant")
+    assert [sorted(s for s, x in p.items() if x == "token") for p in short] == [["a"], []]
     assert all(sum(x == "dequant" for x in p.values()) == 8 - sum(x == "token" for x in p.values())
                for p in ladder)
     # every MatMul on the integer GEMM: they go back to where the search started
@@ -264,6 +267,7 @@ def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
     assert gate_fallbacks({**fp32_start, "d": "block"}, {"a": 0.1, "b": 0.2}, 2, "fp32", "block") == [
         {"a": "token", "b": "block", "c": "fp32", "d": "block"},
         {"a": "block", "b": "block", "c": "fp32", "d": "block"}]
+    assert ExportConfig().gate_retries == 4
     assert gate_fallbacks(plan, sens, 0, "dequant", "dequant") == []
     assert gate_fallbacks({"d0": "dequant"}, {}, 3, "dequant", "dequant") == []
     with pytest.raises(ValueError, match="gate_retries"):
@@ -288,7 +292,7 @@ def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpo
     n = 6 * 2  # per layer: Q, K, V, attention output, FFN in, FFN out; 2 layers
     assert len(seen) == 2 and report.passed
     assert report.rejected == [{"plan": {"token": n}, "failures": ["rejected on purpose"]}]
-    assert report.plan == {"token": n // 2, "dequant": n - n // 2}
+    assert report.plan == {"token": n * 3 // 4, "dequant": n - n * 3 // 4}  # the first step of four
     _check_plan_in_graph(out, report)
     spec = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[KEY_SPEC])
     assert spec["quantization"]["gate_rejected"] == report.rejected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 
@@ -43,6 +44,23 @@ def test_targets_and_identity_pairs():
     assert changed  # negation / number / entity edits of the sentences above
     capped = train.Recipe(contradiction_scale=0.7, contradiction_cap=0.5)
     assert train.target_of(_rows()[1], capped) == 0.5  # 0.7 * 0.8 = 0.56, capped
+
+
+def test_kept_edits_per_rule_sets_the_meaning_preserving_count_alone():
+    rows = [{"a": f"The big man is running with a dog and the woman is smiling {i}.", "b": f"A man runs {i}.",
+             "source": "sick2014", "similarity": 0.5, "entailment": "NEUTRAL"} for i in range(12)]
+    count = lambda r: collections.Counter(  # noqa: E731
+        "kept" if t == r.kept_target else "changed"
+        for pair in train.build_examples(rows, r, random.Random(0))[len(rows):] for _, _, t in pair[:1])
+    same = train.Recipe(edits_per_rule=3)
+    more = train.Recipe(edits_per_rule=3, kept_edits_per_rule=6)
+    assert count(same) == {"kept": 3 * 3, "changed": 4 * 3}  # synonym/filler/reorder; the rest
+    assert count(more) == {"kept": 3 * 6, "changed": 4 * 3}
+    # unset: the same examples as before the option existed
+    assert train.build_examples(rows, same, random.Random(0)) == train.build_examples(
+        rows, train.Recipe(edits_per_rule=3, kept_edits_per_rule=None), random.Random(0))
+    with pytest.raises(ValueError, match="kept_edits_per_rule"):
+        train.Recipe(kept_edits_per_rule=-1)
 
 
 def test_shipped_recipe_loads(tmp_path):
