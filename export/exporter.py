@@ -356,9 +356,10 @@ def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries:
                    start_scheme: str, weight_only: str) -> list[dict[str, str]]:
     """Plans to verify, in order, if the held-out gate rejects ``plan``: its integer-GEMM MatMuls
     cut in ``retries`` even steps down to none (4: 3/4, 1/2, 1/4, none of them; the most sensitive
-    leave first, by ``sensitivity``; a step that would keep as many as the one before is skipped). A MatMul that leaves goes back to the scheme the search
-    started from (``start_scheme``); from an fp32 start, to ``weight_only`` if the plan uses it (less
-    sensitive MatMuls than those took it), else to fp32.
+    leave first, by ``sensitivity``; a step that would keep as many as the one before is skipped).
+    A MatMul that leaves goes back to the scheme the search started from (``start_scheme``); from
+    an fp32 start, to ``weight_only`` if the plan uses it (less sensitive MatMuls than those took
+    it), else to fp32.
 
     The calibration pairs come from the training file, where a trained model's scores sit further
     from 0.5 than on held-out pairs, so a plan can fit its search target and still flip too many
