@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("rewardrt").setLevel(logging.INFO)
+    bits = args.activation_bits if args.activation_bits == "auto" else int(args.activation_bits)
     try:
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
-                           activation_bits=args.activation_bits if args.activation_bits == 'auto' else int(args.activation_bits), weight_only=args.weight_only,
+                           activation_bits=bits, weight_only=args.weight_only,
                            integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
