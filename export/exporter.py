@@ -26,6 +26,7 @@ from rewardrt.export.pairs import (
 )
 from rewardrt.export.reference import DEFAULT_MAX_LENGTH, TorchReward
 from rewardrt.export.workdir import export_workdir, remove_stale_workdirs
+from rewardrt.runtime.cpu import integer_gemm_count
 from rewardrt.runtime.integrity import fsync_dir, seal_bytes
 from rewardrt.runtime.metrics import Fidelity, fidelity
 from rewardrt.runtime.spec import (
@@ -461,8 +462,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                 passed=not failures, failures=failures, plan=counts_plan,
                 fused_ops={k: v for k, v in counts.items() if k in graph.FUSED_OPS},
                 file_bytes=candidate.stat().st_size, seconds=time.time() - t0, rejected=list(rejected),
-                activation_bits=cfg.activation_bits if any(
-                    counts_plan.get(x, 0) for x in quantize.INTEGER_SCHEMES) else None,
+                activation_bits=(cfg.activation_bits if integer_gemm_count({"plan_counts": counts_plan})
+                                 else None),
             )
             if not failures:
                 break
