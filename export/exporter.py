@@ -107,6 +107,9 @@ class ExportConfig:
     # when the held-out gate rejects the searched plan, retry with its integer-GEMM MatMuls cut in
     # this many even steps down to none (4: 3/4, 1/2, 1/4, none; the most sensitive leave first)
     gate_retries: int = 4
+    # write the fused (Skip)LayerNormalization nodes back as plain ops: onnxruntime's CPU kernels
+    # for them are scalar loops, ~2.4x slower (see graph.expand_layer_norms)
+    expand_layer_norms: bool = True
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -173,6 +176,10 @@ class ExportReport:
             f"{status} {self.precision} export -> {self.output}",
             f"  fidelity vs torch reference: {self.fidelity.describe()} raw max|Δ|={self.max_raw_abs_diff:.2e}",
             f"  MatMul plan: {plan}",
+            "  fused: " + ", ".join(f"{k}={v}" for k, v in sorted(self.fused_ops.items())
+                                    if k != "LayerNorm expanded")
+            + (f"; {self.fused_ops['LayerNorm expanded']} layer norms written back as plain ops (faster on CPU)"
+               if self.fused_ops.get("LayerNorm expanded") else ""),
             f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s",
         ]
         if self.activation_bits == 8:
@@ -419,6 +426,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                             config["hidden_size"], config["num_hidden_layers"],
                             fuse_embeddings=not int8, separate_qkv=int8)
         model = graph.load(work / "fused.onnx")
+        if cfg.expand_layer_norms:
+            counts["LayerNorm expanded"] = graph.expand_layer_norms(model)
         candidates: list[dict[str, str] | None] = [None]
         if int8:
             cal = calibration_pairs(data_dir, cfg.calibration_size)
@@ -460,7 +469,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             report = ExportReport(
                 output=str(output), precision=cfg.precision, fidelity=fid, max_raw_abs_diff=raw_diff,
                 passed=not failures, failures=failures, plan=counts_plan,
-                fused_ops={k: v for k, v in counts.items() if k in graph.FUSED_OPS},
+                fused_ops={k: v for k, v in counts.items() if k in graph.FUSED_OPS + ("LayerNorm expanded",)},
                 file_bytes=candidate.stat().st_size, seconds=time.time() - t0, rejected=list(rejected),
                 activation_bits=(cfg.activation_bits if integer_gemm_count({"plan_counts": counts_plan})
                                  else None),

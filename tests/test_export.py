@@ -45,8 +45,78 @@ def test_one_graph_with_fused_ops_and_two_outputs(tiny_fp32):
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in model.graph.output] == ["score", "raw_score"]
     ops = _ops(path)
-    assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] == 4 and ops["BiasGelu"] == 2
+    assert ops["Attention"] == 2 and ops["BiasGelu"] == 2
+    # the 4 fused SkipLayerNormalization nodes are written back as plain ops (faster on CPU) ...
+    assert report.fused_ops["SkipLayerNormalization"] == 4 and report.fused_ops["LayerNorm expanded"] == 4
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 0 and ops["ReduceMean"] == 8
     assert report.fused_ops["Attention"] == 2
+    # ... and onnxruntime does not fuse them back when it loads the graph
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path.parent / "loaded-view.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    loaded = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    (path.parent / "loaded-view.onnx").unlink()
+    assert loaded["SkipLayerNormalization"] == 0 and loaded["LayerNormalization"] == 0
+
+
+def _layer_norm_graph(opset: int):
+    """SkipLayerNormalization (skip + bias, beta; its sum output read) then LayerNormalization."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    h = 24
+    inits = [numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), n)
+             for n in ("gamma", "beta", "bias", "gamma2")]
+    nodes = [
+        helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"],
+                         ["y", "", "", "sum"], domain="com.microsoft", epsilon=1e-12, name="sln"),
+        helper.make_node("LayerNormalization", ["y", "gamma2"], ["z"], axis=-1, epsilon=1e-5, name="ln"),
+        helper.make_node("Add", ["z", "sum"], ["out"], name="after"),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", h]) for n in ("x", "skip", "out")]
+    graph = helper.make_graph(nodes, "g", io[:2], io[2:], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_expanded_layer_norms_match_the_fused_kernels(opset):
+    import onnxruntime as ort
+
+    from rewardrt.export.graph import expand_layer_norms
+
+    fused = _layer_norm_graph(opset)
+    plain = onnx.ModelProto.FromString(fused.SerializeToString())
+    assert expand_layer_norms(plain) == 2
+    onnx.checker.check_model(plain)
+    assert not {n.op_type for n in plain.graph.node} & {"SkipLayerNormalization", "LayerNormalization"}
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.standard_normal((3, 7, 24)).astype(np.float32) * 4,
+            "skip": rng.standard_normal((3, 7, 24)).astype(np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+    want, got = run(fused), run(plain)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    # the rows are independent: one row alone gives the same values
+    alone = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {k: v[1:2] for k, v in feed.items()})[0]
+    assert np.array_equal(alone[0], got[1])
+
+
+def test_layer_norms_whose_statistics_are_read_stay_fused():
+    from rewardrt.export.graph import expand_layer_norms
+
+    model = _layer_norm_graph(17)
+    model.graph.node[1].output.extend(["mean"])
+    model.graph.output.extend([onnx.helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, None)])
+    assert expand_layer_norms(model) == 1
+    assert [n.op_type for n in model.graph.node].count("LayerNormalization") == 1
 
 
 def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs):
