@@ -1,21 +1,25 @@
-"""Turns texts into scores: tokenize, pad each row to a width set by its own length, group rows of
-one width into batches, run, restore input order.
+"""Turns texts into scores: tokenize, group rows of similar length (one padded width per group)
+into batches, run, restore input order.
 
 A pair's score is bit-identical whatever its batch neighbours, the batch size and the order of the
 inputs (for one artifact, one onnxruntime build and one machine). Two things used to move the last
-bit or two of a score (~1e-7) and are ruled out here:
+bit or two of a score (~1e-7) with graphs whose pooling reduced with ReduceSum:
 
-- the padded width: reductions over the sequence (attention softmax, mean/max pooling) may sum in
-  a different order when a row is padded further. Every row is padded to :func:`padded_width` of
-  its own token count, so a row always runs at the same width;
+- the padded width: reductions over the sequence (attention softmax, mean/max pooling) summed in
+  a different order when a row was padded further;
 - a batch of one row: onnxruntime reduces a ``[1, L, H]`` tensor over ``L`` along another code path
-  than ``[B, L, H]`` with ``B > 1`` (the mean pooling's ReduceSum). Graphs exported since the
-  pooling sums with a MatMul (``spec.single_row_safe``) run the same kernels at any batch size;
-  for older graphs a batch that would hold one row runs with a copy of that row, whose output is
-  dropped.
+  than ``[B, L, H]`` with ``B > 1``.
+
+Graphs exported since the pooling sums with a MatMul (``spec.single_row_safe``) run the same kernels
+at any batch size, and pad tokens only append exact zeros to the ends of the sequence reductions,
+so a row's score does not depend on its padded width either (tests/test_determinism.py checks
+both): their rows are sorted by length and cut into batches padded to their longest row (little
+padding; a single pair runs at its own length). Older graphs pad every row to :func:`padded_width`
+of its own token count, and a batch that would hold one row runs with a copy of that row, whose
+output is dropped.
 
 Every op of the exported graphs works per row (INT8 plans quantize activations per token, never per
-tensor), so with the width and ``B > 1`` fixed nothing else depends on the neighbours.
+tensor), so with the above nothing else depends on the neighbours.
 """
 
 from __future__ import annotations
@@ -73,9 +77,27 @@ class Scorer:
         self.max_batch_tokens = max_batch_tokens
 
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[tuple[int, np.ndarray]]:
-        """(width, row indices) per forward pass: rows of one padded width, at most ``batch_size``
-        rows, ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x width^2 each
-        (at least one row)."""
+        """(width, row indices) per forward pass, each at most ``batch_size`` rows,
+        ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x width^2 (at least one
+        row); ``width`` is what the rows are padded to.
+
+        Graphs with ``spec.single_row_safe`` (a row's score does not depend on its padded width,
+        see the module doc): the rows sorted by length, cut greedily into batches padded to their
+        longest row, so a call pads little and a single pair runs at its own length. Older graphs:
+        the rows of each :func:`padded_width`, padded to it."""
+        if self.spec.single_row_safe:
+            order = np.argsort(lengths, kind="stable")
+            out, start = [], 0
+            while start < len(order):
+                stop = start + 1
+                while stop < len(order) and stop - start < batch_size:
+                    longest, rows = int(lengths[order[stop]]), stop - start + 1
+                    if rows * longest > self.max_batch_tokens or rows * longest ** 2 > MAX_ATTENTION_CELLS:
+                        break
+                    stop += 1
+                out.append((int(lengths[order[stop - 1]]), order[start:stop]))
+                start = stop
+            return out
         widths = np.fromiter((padded_width(int(n), self.spec.max_length) for n in lengths),
                              dtype=np.int64, count=len(lengths))
         out = []
@@ -90,7 +112,7 @@ class Scorer:
         """float32 scores (or raw head outputs) for ``texts``, in input order.
 
         Identical texts are scored once. Distinct texts are tokenized ``TOKENIZE_CHUNK`` at a time
-        (token ids of a huge list are never all held at once); rows are grouped by padded width and
+        (token ids of a huge list are never all held at once); rows are grouped by length and
         cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
         unique: dict[str, int] = {}

@@ -42,22 +42,33 @@ def test_padded_width_depends_on_own_length_only():
     assert WIDTH_LADDER[-1][1] == 512
 
 
-def test_batches_bound_rows_tokens_and_attention(tiny_int8):
+@pytest.mark.parametrize("single_row_safe", [True, False])
+def test_batches_bound_rows_tokens_and_attention(tiny_int8, single_row_safe):
+    import dataclasses
+
     scorer = RewardModel(tiny_int8[0], threads=1)._scorer
+    scorer.spec = dataclasses.replace(scorer.spec, single_row_safe=single_row_safe)
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(3, scorer.spec.max_length + 1, size=500), np.full(200, 10)])
     plan = scorer.batches(lengths, batch_size=64)
     seen = np.concatenate([rows for _, rows in plan])
     assert sorted(seen.tolist()) == list(range(len(lengths)))  # every row exactly once
     for width, rows in plan:
-        assert all(padded_width(int(n), scorer.spec.max_length) == width for n in lengths[rows])
+        if single_row_safe:  # padded to the longest row: width-independent graphs
+            assert width == lengths[rows].max()
+        else:  # older graphs: every row at the width its own length sets
+            assert all(padded_width(int(n), scorer.spec.max_length) == width for n in lengths[rows])
         assert len(rows) <= 64
         assert len(rows) == 1 or (len(rows) * width <= scorer.max_batch_tokens
                                   and len(rows) * width ** 2 <= MAX_ATTENTION_CELLS)
     by_width = {w: max(len(r) for ww, r in plan if ww == w) for w, _ in plan}
     if 512 in by_width:
         assert by_width[512] == 1  # a 512-token row's attention alone fills the budget
-    assert by_width[16] == 64  # short rows still fill the batch
+    assert by_width[16 if not single_row_safe else 10] == 64  # short rows still fill the batch
+    if single_row_safe:  # sorted and cut greedily: far less padding than the width ladder
+        padded = sum(len(r) * w for w, r in plan)
+        ladder = sum(padded_width(int(n), scorer.spec.max_length) for n in lengths)
+        assert padded < lengths.sum() * 1.05 < ladder
 
 
 def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
@@ -73,6 +84,30 @@ def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
         assert got == [alone[i] for i in picked], f"batch_size={batch_size}"
     raw_alone = [model.raw_scores([a], b)[0] for a, b in zip(resps[:40], refs[:40])]
     assert model.raw_scores(resps[:40][::-1], refs[:40][::-1], batch_size=5) == raw_alone[::-1]
+
+
+def test_score_does_not_depend_on_padded_width(model, pairs):
+    """Why the scorer may pad a batch to its longest row (runtime/scorer.py): extra pad tokens
+    leave a row's raw score bit-identical, at one row and in a batch."""
+    from rewardrt.runtime.api import build_texts
+    from rewardrt.runtime.tokenizer import encode, pad
+
+    scorer = model._scorer
+    resps, refs = pairs
+    ids = encode(scorer.tokenizer, build_texts(resps[:40], refs[:40]))
+
+    def raw(rows, width):
+        input_ids, mask = pad(rows, width=width)
+        return scorer.session.run(["raw_score"], {"input_ids": input_ids, "attention_mask": mask})[0]
+
+    for x in ids:
+        own = raw([x], len(x))
+        for extra in (1, 5, 16, 37):
+            if len(x) + extra <= model.spec.max_length:
+                assert np.array_equal(raw([x], len(x) + extra), own), (len(x), extra)
+    longest = max(len(x) for x in ids[:8])
+    batch = raw(ids[:8], longest + 3)
+    assert np.array_equal(batch, np.concatenate([raw([x], len(x)) for x in ids[:8]]))
 
 
 def test_bit_identical_across_thread_counts(tiny_int8, pairs):
