@@ -1,8 +1,9 @@
 """The checkpoint under test and every engine's model file, cached in the results folder.
 
 Cache layout: ``<out>/cache/<checkpoint digest[:16]>/`` holds the plain traced graph, its
-quantize_dynamic INT8 version and the rewardrt artifacts (their names carry the export settings),
-so a re-run on the same checkpoint exports nothing.
+quantize_dynamic INT8 version and the rewardrt artifacts (their names carry the export settings
+and a digest of the exporter's source, so a changed exporter exports afresh), so a re-run on the
+same checkpoint with the same code exports nothing.
 """
 
 from __future__ import annotations
@@ -187,6 +188,16 @@ def _plain_graphs(ckpt: Path, fp32: Path, int8: Path) -> dict:
     return info
 
 
+def exporter_digest() -> str:
+    """A digest of the ``rewardrt.export`` sources (with the quantization code they call)."""
+    import rewardrt.export
+
+    h = hashlib.sha256()
+    for path in sorted(Path(rewardrt.export.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, tick=lambda _: None) -> Prepared:
     """Every engine's spec, exporting what the cache lacks. ``tick(label)`` reports each step."""
     cache = out / "cache"
@@ -202,10 +213,11 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, t
     folder.mkdir(exist_ok=True)
     from rewardrt.export.exporter import auto_activation_bits
 
-    tag = f"cal{plan.export_calibration}-val{plan.export_validation or 'all'}"
+    code = exporter_digest()
+    tag = f"cal{plan.export_calibration}-val{plan.export_validation or 'all'}-{code}"
     host_bits = auto_activation_bits()
     paths = {"ort-fp32": folder / "ort-fp32.onnx", "ort-int8": folder / "ort-int8.onnx",
-             "rewardrt-fp32": folder / f"rewardrt-fp32-val{plan.export_validation or 'all'}.onnx",
+             "rewardrt-fp32": folder / f"rewardrt-fp32-val{plan.export_validation or 'all'}-{code}.onnx",
              "rewardrt-int8": folder / f"rewardrt-int8-{tag}-a7.onnx",
              HOST_INT8: folder / f"rewardrt-int8-{tag}-a{host_bits}.onnx"}
     exports: dict[str, dict] = {}

@@ -18,6 +18,7 @@ class BenchPlan:
     rounds: int                      # alternating rounds over all engines
     lengths: tuple[int, ...]         # batch-1 latency: total tokens of "reference [SEP] response"
     latency_calls: int               # distinct texts per length, each scored once per round
+    latency_dev_calls: int           # batch-1 calls on ordinary dev pairs (20-80 tokens) per round
     batches: tuple[int, ...]         # throughput: the caller's batch size
     throughput_pairs: int            # dev pairs per batch size per round (at least one call of each size)
     rl_steps: int                    # RL steps per round, one batch_score call each
@@ -40,13 +41,14 @@ class BenchPlan:
 
 
 QUICK = BenchPlan(
-    mode="quick", rounds=1, lengths=(32, 128, 512), latency_calls=3, batches=(8, 32, 64),
+    mode="quick", rounds=1, lengths=(32, 128, 512), latency_calls=3, latency_dev_calls=8, batches=(8, 32, 64),
     throughput_pairs=16, rl_steps=1, rl_groups=1, cold_repeats=1, fidelity_pairs=250,
     swap_per_rule=15, warmup_pairs=8, export_validation=64, export_calibration=32,
     profile_calls=8, profile_batch_calls=1, peak_calls=3,
 )
 FULL = BenchPlan(
-    mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, batches=(8, 32, 64),
+    mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, latency_dev_calls=48,
+    batches=(8, 32, 64),
     throughput_pairs=128, rl_steps=1, rl_groups=4, cold_repeats=3, fidelity_pairs=None,
     swap_per_rule=300, warmup_pairs=64, export_validation=None, export_calibration=256,
 )

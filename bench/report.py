@@ -33,17 +33,21 @@ def summary_table(results: dict) -> list[str]:
     """Engines x headline ratios: the table we quote."""
     threads = results["conditions"]["threads"]
     tokens = 128 if 128 in results["plan"]["lengths"] else results["plan"]["lengths"][-1]
+    # batch-1 on ordinary dev pairs (the target's definition) when the run has it, else N tokens
+    dev = bool(results.get("latency_dev"))
     batch = max(results["plan"]["batches"])
     head = ["engine"]
     for t in threads:
-        head += [f"latency {tokens} tok, {t}t", f"throughput b{batch}, {t}t", f"RL mixed, {t}t"]
+        head += [f"batch-1 dev pairs, {t}t" if dev else f"latency {tokens} tok, {t}t",
+                 f"throughput b{batch}, {t}t", f"RL mixed, {t}t"]
     head += ["cold start", "peak RSS", "installed", "model file"]
     rows = []
     for engine in results["engines"]:
         r = results["ratios"][engine]
         cells = [_label(engine)]
         for t in threads:
-            cells += [_x(r.get(f"latency_speedup_{tokens}tok_{t}t")), _x(r.get(f"throughput_speedup_b{batch}_{t}t")),
+            latency = r.get(f"latency_dev_speedup_{t}t") if dev else r.get(f"latency_speedup_{tokens}tok_{t}t")
+            cells += [_x(latency), _x(r.get(f"throughput_speedup_b{batch}_{t}t")),
                       _x(r.get(f"rl_speedup_{t}t"))]
         cells += [_x(r.get("cold_start_speedup")), _pct(r.get("peak_rss_fraction")),
                   _pct(r.get("installed_size_fraction")), _pct(r.get("model_file_fraction"))]
@@ -87,6 +91,16 @@ def markdown(results: dict) -> str:
          f"{r['p99_ms']:.1f}", str(r["n"]), _x(r["speedup"])] for r in results["latency"]])
 
     w = results["workloads"]
+    if results.get("latency_dev"):
+        info = w["latency-dev"]
+        lines += ["## Batch-1 latency, ordinary dev pairs", "",
+                  f"{info['pairs']} dev pairs of {info['token_window'][0]}–{info['token_window'][1]} tokens "
+                  f"(median {info['tokens_median']}, mean {info['tokens_mean']:.1f}), one pair per call, each "
+                  "at its own length; milliseconds over all calls of all rounds, speedup = median over "
+                  "rounds of the per-round p50 ratio.", ""]
+        lines += _table(["threads", "engine", "p50 ms", "p90 ms", "p99 ms", "calls", "speedup (p50)"], [
+            [str(r["threads"]), _label(r["engine"]), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
+             f"{r['p99_ms']:.1f}", str(r["n"]), _x(r["speedup"])] for r in results["latency_dev"]])
     lines += ["## Throughput", "", f"{w['pairs']['pairs']} dev pairs (mean {w['pairs']['mean_tokens']:.0f} "
               "tokens) scored in calls of the caller's batch size; pairs per second, median over rounds "
               "(speedup).", "", f"![throughput]({PLOTS['throughput']})", ""]

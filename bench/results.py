@@ -36,11 +36,13 @@ def _paired_ratio(per_round: dict[str, dict[int, float]], engine: str, higher_is
     return _median(ratios) if ratios else float("nan")
 
 
-def latency(records: list[dict]) -> list[dict]:
+def latency(records: list[dict], workload: str = "latency") -> list[dict]:
+    """Batch-1 rows per (threads, tokens, engine) of ``workload``: "latency" (exact lengths) or
+    "latency_dev" (ordinary dev pairs, tokens "dev")."""
     pooled: dict[tuple, list[float]] = defaultdict(list)
     per_round: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for rec in records:
-        if rec["workload"] != "latency":
+        if rec["workload"] != workload:
             continue
         key = (rec["threads"], rec["tokens"])
         pooled[key + (rec["engine"],)].extend(rec["times"])
@@ -118,6 +120,8 @@ def summary_ratios(results: dict) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for row in results["latency"]:
         out[row["engine"]][f"latency_speedup_{row['tokens']}tok_{row['threads']}t"] = row["speedup"]
+    for row in results.get("latency_dev", []):
+        out[row["engine"]][f"latency_dev_speedup_{row['threads']}t"] = row["speedup"]
     for row in results["throughput"]:
         out[row["engine"]][f"throughput_speedup_b{row['batch']}_{row['threads']}t"] = row["speedup"]
     for row in results["rl"]:

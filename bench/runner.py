@@ -112,10 +112,11 @@ def measure(workers: dict[str, Worker], plan: BenchPlan, workloads: Workloads, t
     records: list[dict] = []
     names = list(workers)
     latency_sets = [workloads.latency_set(n) for n in plan.lengths]
+    from rewardrt.bench.workloads import LATENCY_DEV
     for t in threads:
         for name in names:
             workers[name].call("threads", threads=t)
-            workers[name].call("warmup", latency=latency_sets, pairs="pairs", n=plan.warmup_pairs)
+            workers[name].call("warmup", latency=latency_sets + [LATENCY_DEV], pairs="pairs", n=plan.warmup_pairs)
             tick(f"warm-up {t} thread(s)")
         for r in range(plan.rounds):
             for name in rotated(names, r):
@@ -124,6 +125,9 @@ def measure(workers: dict[str, Worker], plan: BenchPlan, workloads: Workloads, t
                     times = w.call("latency", set=s)["times"]
                     records.append({"workload": "latency", "engine": name, "threads": t, "round": r,
                                     "tokens": length, "times": times})
+                times = w.call("latency", set=LATENCY_DEV)["times"]
+                records.append({"workload": "latency_dev", "engine": name, "threads": t, "round": r,
+                                "tokens": "dev", "times": times})
                 for b in plan.batches:
                     res = w.call("throughput", set="pairs", batch=b, n=throughput_pairs(plan, b))
                     records.append({"workload": "throughput", "engine": name, "threads": t, "round": r,

@@ -131,6 +131,7 @@ def run(cfg: BenchConfig) -> dict:
             "workloads": workloads.info,
             "engines": _engine_table(prepared, loads, stats, prepared.exports),
             "latency": results.latency(records),
+            "latency_dev": results.latency(records, "latency_dev"),
             "throughput": results.rates(records, "throughput", "batch"),
             "rl": results.rates(records, "rl", None),
             "cold_start": results.cold_start(cold),

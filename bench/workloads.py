@@ -1,6 +1,8 @@
 """The inputs every engine scores, built once from the real dev pairs and sent to every worker.
 
 * latency: one pair per call whose ``reference [SEP] response`` is exactly N tokens long;
+* latency-dev: one dev pair per call, pairs of ``ORDINARY_TOKENS`` (ordinary answers, the length
+  range the batch-1 target is stated for), each at its own length;
 * throughput: dev pairs, scored in calls of the caller's batch size;
 * rl: a GRPO-like stream: short references, groups of 8 responses sharing one, response lengths
   from one sentence to ~500 tokens (log-uniform), samples shuffled within each step;
@@ -20,6 +22,8 @@ from pathlib import Path
 from rewardrt.bench.config import GROUP_SIZE, BenchPlan, throughput_pairs
 
 RL_MAX_RESPONSE_TOKENS = 500
+ORDINARY_TOKENS = (20, 80)   # batch-1 latency on dev pairs of this many tokens (both ends included)
+LATENCY_DEV = "latency-dev"
 MAX_REFERENCE_TOKENS = 20
 
 
@@ -103,6 +107,15 @@ def build(rows: Sequence[dict], counter: TokenCounter, plan: BenchPlan, seed: in
                 pairs.append((ref, resp))
         w.sets[w.latency_set(length)] = {"refs": [a for a, _ in pairs], "resps": [b for _, b in pairs]}
         w.info[w.latency_set(length)] = {"pairs": len(pairs), "tokens": length}
+
+    # batch-1 latency on ordinary dev pairs, at their own lengths
+    ordinary = [r for r in rows if ORDINARY_TOKENS[0] <= counter.pair(r["a"], r["b"]) <= ORDINARY_TOKENS[1]]
+    picked = rng.sample(ordinary, min(len(ordinary), plan.latency_dev_calls))
+    tokens = sorted(counter.pair(r["a"], r["b"]) for r in picked)
+    w.sets[LATENCY_DEV] = {"refs": [r["a"] for r in picked], "resps": [r["b"] for r in picked]}
+    w.info[LATENCY_DEV] = {"pairs": len(picked), "token_window": list(ORDINARY_TOKENS),
+                           "tokens_min": tokens[0], "tokens_median": tokens[len(tokens) // 2],
+                           "tokens_max": tokens[-1], "tokens_mean": sum(tokens) / len(tokens)}
 
     # throughput on dev pairs: batch size b scores the first throughput_pairs(plan, b) of them
     per_batch = {b: throughput_pairs(plan, b) for b in plan.batches}

@@ -33,6 +33,7 @@ def test_quick_bench_writes_json_md_and_plots(quick_run):
     assert res["mode"] == "quick" and res["conditions"]["threads"] == [1, 2]
     assert res["conditions"]["cpu"]["flags"] and res["conditions"]["versions"]["onnxruntime"]
     expected = {f"latency_speedup_{n}tok_{t}t" for n in QUICK.lengths for t in (1, 2)}
+    expected |= {"latency_dev_speedup_1t", "latency_dev_speedup_2t"}
     expected |= {f"throughput_speedup_b{b}_{t}t" for b in QUICK.batches for t in (1, 2)}
     expected |= {"rl_speedup_1t", "rl_speedup_2t", "cold_start_speedup", "peak_rss_fraction",
                  "installed_size_fraction", "model_file_fraction"}
@@ -41,8 +42,9 @@ def test_quick_bench_writes_json_md_and_plots(quick_run):
         assert expected <= set(ratios), (name, expected - set(ratios))
         assert all(math.isfinite(v) and v > 0 for v in ratios.values()), (name, ratios)
     assert all(v == 1.0 for v in res["ratios"][REFERENCE].values())
-    for row in res["latency"]:
+    for row in res["latency"] + res["latency_dev"]:
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert {r["n"] for r in res["latency_dev"]} == {QUICK.latency_dev_calls}
     # the torch-free engines need no torch, so they install less than the torch engines
     assert res["ratios"]["rewardrt-int8"]["installed_size_fraction"] < 1
     assert {r["engine"] for r in res["fidelity"]} == set(names) - {REFERENCE}
@@ -83,6 +85,9 @@ def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint, data_dir
         s = w.sets[w.latency_set(n)]
         assert len(s["refs"]) == QUICK.latency_calls
         assert [counter.pair(a, b) for a, b in zip(s["refs"], s["resps"])] == [n] * QUICK.latency_calls
+    dev = w.sets["latency-dev"]
+    assert len(dev["refs"]) == QUICK.latency_dev_calls
+    assert all(20 <= counter.pair(a, b) <= 80 for a, b in zip(dev["refs"], dev["resps"]))
     (step,) = w.sets["rl"]["steps"]
     assert len(step["refs"]) == QUICK.rl_groups * 8
     assert all(k % 8 == 0 for k in Counter(step["refs"]).values())
