@@ -13,10 +13,10 @@ bit or two of a score (~1e-7) with graphs whose pooling reduced with ReduceSum:
 Graphs exported since the pooling sums with a MatMul (``spec.single_row_safe``) run the same kernels
 at any batch size, and pad tokens only append exact zeros to the ends of the sequence reductions,
 so a row's score does not depend on its padded width either (tests/test_determinism.py checks
-both): their rows are sorted by length and cut into batches padded to their longest row (little
-padding; a single pair runs at its own length). Older graphs pad every row to :func:`padded_width`
-of its own token count, and a batch that would hold one row runs with a copy of that row, whose
-output is dropped.
+both): rows are still grouped by :func:`padded_width` (which bounds the padding of a batch), but
+each batch is padded to its longest row only, so a single pair runs at its own length. Older
+graphs pad every row to :func:`padded_width` of its own token count, and a batch that would hold
+one row runs with a copy of that row, whose output is dropped.
 
 Every op of the exported graphs works per row (INT8 plans quantize activations per token, never per
 tensor), so with the above nothing else depends on the neighbours.
@@ -77,42 +77,33 @@ class Scorer:
         self.max_batch_tokens = max_batch_tokens
 
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[tuple[int, np.ndarray]]:
-        """(width, row indices) per forward pass, each at most ``batch_size`` rows,
-        ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x width^2 (at least one
-        row); ``width`` is what the rows are padded to.
+        """(width, row indices) per forward pass: rows of one :func:`padded_width`, at most
+        ``batch_size`` rows, ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x
+        width^2 each (at least one row); ``width`` is what the rows are padded to.
 
         Graphs with ``spec.single_row_safe`` (a row's score does not depend on its padded width,
-        see the module doc): the rows sorted by length, cut greedily into batches padded to their
-        longest row, so a call pads little and a single pair runs at its own length. Older graphs:
-        the rows of each :func:`padded_width`, padded to it."""
-        if self.spec.single_row_safe:
-            order = np.argsort(lengths, kind="stable")
-            out, start = [], 0
-            while start < len(order):
-                stop = start + 1
-                while stop < len(order) and stop - start < batch_size:
-                    longest, rows = int(lengths[order[stop]]), stop - start + 1
-                    if rows * longest > self.max_batch_tokens or rows * longest ** 2 > MAX_ATTENTION_CELLS:
-                        break
-                    stop += 1
-                out.append((int(lengths[order[stop - 1]]), order[start:stop]))
-                start = stop
-            return out
+        see the module doc): the rows of each padded width sorted by length and each batch padded
+        to its longest row, so a single pair runs at its own length and a batch pads less than the
+        width ladder. Older graphs: every row padded to its :func:`padded_width`."""
         widths = np.fromiter((padded_width(int(n), self.spec.max_length) for n in lengths),
                              dtype=np.int64, count=len(lengths))
         out = []
         for width in np.unique(widths):
             rows = np.flatnonzero(widths == width)
+            if self.spec.single_row_safe:
+                rows = rows[np.argsort(lengths[rows], kind="stable")]
             per_batch = max(1, min(batch_size, self.max_batch_tokens // int(width),
                                    MAX_ATTENTION_CELLS // int(width) ** 2))
-            out += [(int(width), rows[i:i + per_batch]) for i in range(0, len(rows), per_batch)]
+            for i in range(0, len(rows), per_batch):
+                chunk = rows[i:i + per_batch]
+                out.append((int(lengths[chunk].max()) if self.spec.single_row_safe else int(width), chunk))
         return out
 
     def run(self, texts: Sequence[str], batch_size: int, output: str = "score") -> np.ndarray:
         """float32 scores (or raw head outputs) for ``texts``, in input order.
 
         Identical texts are scored once. Distinct texts are tokenized ``TOKENIZE_CHUNK`` at a time
-        (token ids of a huge list are never all held at once); rows are grouped by length and
+        (token ids of a huge list are never all held at once); rows are grouped by padded width and
         cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
         unique: dict[str, int] = {}

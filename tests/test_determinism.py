@@ -54,10 +54,10 @@ def test_batches_bound_rows_tokens_and_attention(tiny_int8, single_row_safe):
     seen = np.concatenate([rows for _, rows in plan])
     assert sorted(seen.tolist()) == list(range(len(lengths)))  # every row exactly once
     for width, rows in plan:
-        if single_row_safe:  # padded to the longest row: width-independent graphs
-            assert width == lengths[rows].max()
-        else:  # older graphs: every row at the width its own length sets
-            assert all(padded_width(int(n), scorer.spec.max_length) == width for n in lengths[rows])
+        ladder = {padded_width(int(n), scorer.spec.max_length) for n in lengths[rows]}
+        assert len(ladder) == 1  # one padded width per batch: it bounds the padding
+        # width-independent graphs: padded to the longest row; older ones: to the ladder width
+        assert width == (lengths[rows].max() if single_row_safe else ladder.pop())
         assert len(rows) <= 64
         assert len(rows) == 1 or (len(rows) * width <= scorer.max_batch_tokens
                                   and len(rows) * width ** 2 <= MAX_ATTENTION_CELLS)
@@ -65,10 +65,9 @@ def test_batches_bound_rows_tokens_and_attention(tiny_int8, single_row_safe):
     if 512 in by_width:
         assert by_width[512] == 1  # a 512-token row's attention alone fills the budget
     assert by_width[16 if not single_row_safe else 10] == 64  # short rows still fill the batch
-    if single_row_safe:  # sorted and cut greedily: far less padding than the width ladder
-        padded = sum(len(r) * w for w, r in plan)
-        ladder = sum(padded_width(int(n), scorer.spec.max_length) for n in lengths)
-        assert padded < lengths.sum() * 1.05 < ladder
+    padded = sum(len(r) * w for w, r in plan)
+    ladder = sum(padded_width(int(n), scorer.spec.max_length) for n in lengths)
+    assert padded < ladder if single_row_safe else padded == ladder
 
 
 def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
