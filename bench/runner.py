@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rewardrt.bench.config import BenchPlan, throughput_pairs
 from rewardrt.bench.engines import EngineSpec
-from rewardrt.bench.workloads import Workloads
+from rewardrt.bench.workloads import LATENCY_DEV, Workloads
 
 WORKER = "rewardrt.bench.worker"
 
@@ -112,7 +112,6 @@ def measure(workers: dict[str, Worker], plan: BenchPlan, workloads: Workloads, t
     records: list[dict] = []
     names = list(workers)
     latency_sets = [workloads.latency_set(n) for n in plan.lengths]
-    from rewardrt.bench.workloads import LATENCY_DEV
     for t in threads:
         for name in names:
             workers[name].call("threads", threads=t)

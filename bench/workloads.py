@@ -110,6 +110,9 @@ def build(rows: Sequence[dict], counter: TokenCounter, plan: BenchPlan, seed: in
 
     # batch-1 latency on ordinary dev pairs, at their own lengths
     ordinary = [r for r in rows if ORDINARY_TOKENS[0] <= counter.pair(r["a"], r["b"]) <= ORDINARY_TOKENS[1]]
+    if not ordinary:
+        raise ValueError(f"the dev pairs hold no pair of {ORDINARY_TOKENS[0]}-{ORDINARY_TOKENS[1]} tokens "
+                         "for the batch-1 latency set")
     picked = rng.sample(ordinary, min(len(ordinary), plan.latency_dev_calls))
     tokens = sorted(counter.pair(r["a"], r["b"]) for r in picked)
     w.sets[LATENCY_DEV] = {"refs": [r["a"] for r in picked], "resps": [r["b"] for r in picked]}
