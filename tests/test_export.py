@@ -47,7 +47,7 @@ def test_one_graph_with_fused_ops_and_two_outputs(tiny_fp32):
     ops = _ops(path)
     assert ops["Attention"] == 2 and ops["BiasGelu"] == 2
     # the 4 fused SkipLayerNormalization nodes are written back as plain ops (faster on CPU) ...
-    assert report.fused_ops["SkipLayerNormalization"] == 4 and report.fused_ops["LayerNorm expanded"] == 4
+    assert report.fused_ops["SkipLayerNormalization"] == 4 and report.layer_norms_expanded == 4
     assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 0 and ops["ReduceMean"] == 8
     assert report.fused_ops["Attention"] == 2
     # ... and onnxruntime does not fuse them back when it loads the graph
