@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
                         "expanded at load: fp32 speed on every CPU, default) or block (MatMulNBits: "
                         "less memory, ~2.5x slower than fp32 on AVX2-only CPUs)")
+    p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
+                   help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "
+                        "of x + 0.1701, twice as fine as ±127; default on)")
     p.add_argument("--gate-retries", type=int, default=4,
                    help="INT8: when the held-out gate rejects the searched plan, verify up to this many "
                         "more with its integer-GEMM MatMuls cut in even steps to none (default 4: 3/4, "
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
                            activation_bits=bits, weight_only=args.weight_only,
-                           integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries)
+                           integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries,
+                           one_sided_gelu=args.one_sided_gelu)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

@@ -8,7 +8,9 @@ score depends on what else is in its batch. The schemes here quantize activation
 ``token``  activations quantized per token (symmetric, one scale per row, computed at run time; 7- or
            8-bit codes, see :func:`activation_range`), weights int8 per output channel (symmetric).
            Integer GEMM through ``MatMulIntegerToFloat`` (MLAS u8s8, VNNI on AVX-512/AVX-VNNI
-           CPUs), then the per-row scale.
+           CPUs), then the per-row scale. A GELU output (never below -0.17) is quantized
+           one-sided instead: x + 0.1701 on codes 0..2·qmax+1, twice as fine, the shift's product
+           with the weights subtracted after the GEMM.
 ``token2`` the same integer GEMM run twice: once on the activation's codes and once on the codes of
            what they left over (the rounding residual, on a 2·qmax times finer grid of the same row),
            so activations are carried at about 13 (7-bit codes) or 15 bits; weights as in ``token``,
@@ -56,6 +58,20 @@ def activation_range(bits: int) -> tuple[int, int]:
         raise ValueError(f"activation bits must be one of {ACTIVATION_BITS}, got {bits!r}")
     qmax = 2 ** (bits - 1) - 1
     return qmax, qmax + 1
+
+
+# Ops whose output never falls below -GELU_FLOOR: GELU's minimum is -0.16997 (erf form) and
+# -0.17004 (tanh form, FastGelu). MatMuls reading such an output quantize it one-sided (below).
+GELU_OPS = ("Gelu", "BiasGelu", "FastGelu")
+GELU_FLOOR = 0.1701
+
+
+def one_sided_range(bits: int) -> int:
+    """Largest code of a one-sided ``bits``-bit activation (zero point 0): 255 for 8 bits, 127 for
+    7, so the codes span [0, max] with about twice the resolution of the symmetric ±qmax codes on
+    [-max, max]; 127 x 127 x 2 still fits AVX2's saturating int16 pair sums, as in
+    :func:`activation_range`."""
+    return 2 * activation_range(bits)[0] + 1
 
 
 def residual_steps(bits: int) -> float:
@@ -112,6 +128,7 @@ CHAINS = ("elementwise", "qlinear")
 def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: int,
                                inv_smooth: np.ndarray | None, k: int,
                                chain: str = "qlinear", residual: bool = False, bits: int = 7,
+                               shift: np.ndarray | None = None,
                                ) -> tuple[list[onnx.NodeProto], str, str, str | None]:
     """Per-token int8 quantization of activation ``x``: (nodes, uint8 tensor, per-row scale, uint8
     codes of the rounding residual on a :func:`residual_steps` times finer grid or None).
@@ -125,11 +142,18 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
     ``QuantizeLinear`` on a [rows, K] view of it (one pass; the reshapes are views). Both give the
     same codes (round half to even of x / scale, plus the zero point). ``k``: the activation's last
     dimension.
-    ``residual`` (``qlinear`` only) also quantizes x - dequantized codes for the ``token2`` scheme."""
+    ``residual`` (``qlinear`` only) also quantizes x - dequantized codes for the ``token2`` scheme.
+
+    ``shift`` (per channel, ``qlinear`` without ``residual`` only): for an activation known never to
+    fall below -shift (a GELU output), quantize x + shift >= 0 one-sided instead: scale = max of the
+    row / :func:`one_sided_range`, zero point 0, so the same bits resolve the row twice as finely.
+    The MatMul then subtracts shift · W (see :func:`_integer_matmul_nodes`)."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
     if residual and chain != "qlinear":
         raise ValueError("the residual codes of the token2 scheme need chain='qlinear'")
+    if shift is not None and (residual or chain != "qlinear"):
+        raise ValueError("one-sided (shifted) activation codes need chain='qlinear' and no residual")
     mk = helper.make_node
     nodes: list[onnx.NodeProto] = []
     if inv_smooth is not None:
@@ -137,15 +161,22 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         nodes.append(mk("Mul", [x, f"{p}.inv_smooth"], [f"{p}.xsm"], name=f"{p}.Smooth"))
         x = f"{p}.xsm"
     qmax, zp = activation_range(bits)
+    magnitude = f"{p}.abs"  # what the row's maximum is taken of: |x|, or x + shift (>= 0)
+    if shift is not None:
+        qmax, zp = one_sided_range(bits), 0
+        _const(graph, f"{p}.shift", shift.astype(np.float32))
+        nodes.append(mk("Add", [x, f"{p}.shift"], [f"{p}.xshift"], name=f"{p}.Shift"))
+        x = magnitude = f"{p}.xshift"
     _const(graph, f"{p}.inv_qmax", np.array(1.0 / qmax, dtype=np.float32))
     _const(graph, f"{p}.tiny", np.array(1e-12, dtype=np.float32))
     if opset >= 18:  # axes became an input in opset 18
         _const(graph, f"{p}.axes", np.array([-1], dtype=np.int64))
-        reduce = mk("ReduceMax", [f"{p}.abs", f"{p}.axes"], [f"{p}.amax"], keepdims=1, name=f"{p}.ReduceMax")
+        reduce = mk("ReduceMax", [magnitude, f"{p}.axes"], [f"{p}.amax"], keepdims=1, name=f"{p}.ReduceMax")
     else:
-        reduce = mk("ReduceMax", [f"{p}.abs"], [f"{p}.amax"], axes=[-1], keepdims=1, name=f"{p}.ReduceMax")
+        reduce = mk("ReduceMax", [magnitude], [f"{p}.amax"], axes=[-1], keepdims=1, name=f"{p}.ReduceMax")
+    if shift is None:
+        nodes.append(mk("Abs", [x], [f"{p}.abs"], name=f"{p}.Abs"))
     nodes += [
-        mk("Abs", [x], [f"{p}.abs"], name=f"{p}.Abs"),
         reduce,
         mk("Max", [f"{p}.amax", f"{p}.tiny"], [f"{p}.amax1"], name=f"{p}.Max"),
         mk("Mul", [f"{p}.amax1", f"{p}.inv_qmax"], [f"{p}.ascale"], name=f"{p}.Scale"),
@@ -223,14 +254,17 @@ def gptq_int8(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float
 def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: str, rq: str | None,
                           graph: onnx.GraphProto, outliers: tuple[str, np.ndarray] | None,
                           hessian: np.ndarray | None = None,
-                          cache: dict | None = None, bits: int = 7) -> list[onnx.NodeProto]:
+                          cache: dict | None = None, bits: int = 7,
+                          shift: np.ndarray | None = None) -> list[onnx.NodeProto]:
     """x·W from the quantized activation: int8 weights per output channel, then the row scale.
 
     ``outliers`` = (fp32 activation columns tensor, their channel indices): those input channels
     were zeroed before quantization and are multiplied here in fp32 with their weight rows.
     ``hessian`` (XᵀX of the activation as the integer path sees it) switches weight rounding to
     :func:`gptq_int8`; ``cache`` keeps its result across plans of one export. ``rq``: the residual
-    codes (``token2``), multiplied by the same weights and added on their finer scale."""
+    codes (``token2``), multiplied by the same weights and added on their finer scale. ``shift``:
+    the codes are one-sided codes of x + shift (zero point 0): shift · (int8 weights x their scales)
+    is subtracted, so the result is x·W as the integer weights see it."""
     p = node.name or node.output[0]
     mk = helper.make_node
     tail: list[onnx.NodeProto] = []
@@ -261,13 +295,20 @@ def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: 
     _const(graph, f"{p}.wq", codes)
     _const(graph, f"{p}.wscale", w_scale)
     _const(graph, f"{p}.one", np.array(1.0, dtype=np.float32))
-    _const(graph, f"{p}.zp", np.array(activation_range(bits)[1], dtype=np.uint8))
+    _const(graph, f"{p}.zp", np.array(0 if shift is not None else activation_range(bits)[1], dtype=np.uint8))
     if rq is None:
-        return [
+        out = [
             mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],
                [f"{p}.yq"], domain=MS_DOMAIN, name=f"{p}.MatMulIntegerToFloat"),
-            mk("Mul", [f"{p}.yq", ascale], [y], name=f"{p}.RowScale"),
-        ] + tail
+            mk("Mul", [f"{p}.yq", ascale], [y if shift is None else f"{p}.yshift"], name=f"{p}.RowScale"),
+        ]
+        if shift is not None:
+            correction = shift.astype(np.float64) @ (codes.astype(np.float64) * w_scale.astype(np.float64))
+            _const(graph, f"{p}.unshift", (-correction).astype(np.float32))
+            out.append(mk("Add", [f"{p}.yshift", f"{p}.unshift"], [y], name=f"{p}.Unshift"))
+        return out + tail
+    if shift is not None:
+        raise ValueError("one-sided (shifted) activation codes do not combine with token2's residual")
     _const(graph, f"{p}.inv_steps", np.array(1.0 / residual_steps(bits), dtype=np.float32))
     return [
         mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],
@@ -321,7 +362,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                alpha: float | None = None, outliers: int = 0,
                outlier_ratio: float = 6.0, hessians: Mapping[str, np.ndarray] | None = None,
                cache: dict | None = None, chain: str = "qlinear",
-               activation_bits: int = 7) -> onnx.ModelProto:
+               activation_bits: int = 7, one_sided: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` with each MatMul named in ``plan`` rewritten by its scheme.
 
     MatMuls of one integer scheme that read the same activation (Q, K and V) share one
@@ -333,7 +374,10 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
     stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale.
     ``hessians`` (per MatMul: XᵀX of its calibration input) turn on GPTQ rounding of the weights;
     pass the same ``cache`` dict to every call of one export to compute it once per MatMul.
-    ``chain``: how activations are quantized (see :func:`_quantize_activation_nodes`)."""
+    ``chain``: how activations are quantized (see :func:`_quantize_activation_nodes`).
+    ``one_sided``: ``token`` groups reading a GELU output (:data:`GELU_OPS`, >= -GELU_FLOOR) with
+    the ``qlinear`` chain quantize it one-sided, twice as finely (the FFN's second MatMul, whose
+    input has the largest outliers)."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
     activation_range(activation_bits)  # validates
@@ -378,6 +422,14 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
             keep = np.ones(weights[members[0].name].shape[0], dtype=np.float32)
             keep[outlier_idx[g]] = 0.0
             inv_smooth[g] = keep if inv_smooth[g] is None else inv_smooth[g] * keep
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    shifts: dict[tuple[str, str], np.ndarray] = {}
+    if one_sided and chain == "qlinear":
+        for g, members in groups.items():
+            if g[1] == "token" and producer.get(g[0]) in GELU_OPS:
+                k = sites[members[0].name].k
+                scale = inv_smooth[g] if inv_smooth[g] is not None else np.ones(k, dtype=np.float32)
+                shifts[g] = (GELU_FLOOR * scale).astype(np.float32)  # outlier channels: 0, zeroed too
     new_nodes: list[onnx.NodeProto] = []
     quantized: dict[tuple[str, str], tuple[str, str, str | None]] = {}
     outlier_cols: dict[tuple[str, str], tuple[str, np.ndarray]] = {}
@@ -391,7 +443,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                 prefix = f"{node.name}.act"
                 nodes, xq, ascale, rq = _quantize_activation_nodes(
                     x, prefix, graph, opset, inv_smooth[g], sites[node.name].k, chain,
-                    residual=scheme == "token2", bits=activation_bits)
+                    residual=scheme == "token2", bits=activation_bits, shift=shifts.get(g))
                 new_nodes.extend(nodes)
                 quantized[g] = (xq, ascale, rq)
                 if g in outlier_idx:
@@ -405,7 +457,8 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
                 scale = inv_smooth[g] if inv_smooth[g] is not None else 1.0
                 hessian = hessians[node.name] * np.outer(scale, scale)
             new_nodes.extend(_integer_matmul_nodes(node, weights[node.name], *quantized[g], graph,
-                                                   outlier_cols.get(g), hessian, cache, activation_bits))
+                                                   outlier_cols.get(g), hessian, cache, activation_bits,
+                                                   shifts.get(g)))
             continue
         if scheme == "block":
             block_nodes.append(node.name)
