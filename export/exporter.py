@@ -102,8 +102,11 @@ class ExportConfig:
     # integer-GEMM schemes the plan search tries, in this order, on the least sensitive MatMuls
     integer_schemes: tuple[str, ...] = ("token",)
     # the int8-weight scheme of every other MatMul: "dequant" (fp32 compute on weights expanded at
-    # load: fp32 speed on every CPU) or "block" (MatMulNBits: less memory, ~2.5x slower on AVX2)
-    weight_only: str = "dequant"
+    # load: fp32 speed on every CPU) or "block" (MatMulNBits: less memory, ~2.5x slower on AVX2).
+    # "auto": search from dequant, then move what the search left on dequant to block when the
+    # artifact targets VNNI CPUs (8-bit activation codes) and the plan stays inside the search
+    # target: there block is 0.75-0.88x the fp32 MatMul's time and holds no fp32 weights in memory
+    weight_only: str = "auto"
     # token-scheme MatMuls reading a GELU output (>= -0.17) quantize it one-sided: x + 0.1701 on
     # codes 0..255 (zero point 0) instead of ±127, twice as fine at the same speed, and
     # shift · W subtracted after the GEMM (see quantize.one_sided_range)
@@ -149,12 +152,24 @@ class ExportConfig:
                 or len(set(self.integer_schemes)) != len(self.integer_schemes):
             raise ValueError(f"integer_schemes must be distinct names from {quantize.INTEGER_SCHEMES}, "
                              f"got {self.integer_schemes!r}")
-        if self.weight_only not in quantize.WEIGHT_ONLY_SCHEMES:
-            raise ValueError(f"weight_only must be one of {quantize.WEIGHT_ONLY_SCHEMES}, got {self.weight_only!r}")
+        if self.weight_only not in quantize.WEIGHT_ONLY_SCHEMES + ("auto",):
+            raise ValueError(f"weight_only must be one of {quantize.WEIGHT_ONLY_SCHEMES + ('auto',)}, "
+                             f"got {self.weight_only!r}")
         if not isinstance(self.gate_retries, int) or not 0 <= self.gate_retries <= 8:
             raise ValueError(f"gate_retries must be an int in [0, 8], got {self.gate_retries!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
+
+
+    @property
+    def search_weight_only(self) -> str:
+        """The int8-weight scheme the plan search starts from (``auto`` searches from dequant)."""
+        return "dequant" if self.weight_only == "auto" else self.weight_only
+
+    @property
+    def leftovers_to_block(self) -> bool:
+        """Whether the search tries moving what it left on dequant to block (``auto``, 8-bit codes)."""
+        return self.weight_only == "auto" and self.activation_bits == 8
 
 
 @dataclass
@@ -303,7 +318,9 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
     0.36-0.67x the fp32 MatMul's time on VNNI CPUs, 0.96-1.19x on AVX2-only ones) for as long as the
     whole plan stays inside the search target (binary search over the order), then the next scheme
     the same way (``token2``: two integer GEMMs, ~1.9-2.3x fp32 time on AVX2, so not tried by
-    default), and from an fp32 start the least sensitive of what is left take ``cfg.weight_only``."""
+    default), and from an fp32 start the least sensitive of what is left take ``cfg.weight_only``.
+    With ``weight_only="auto"`` and 8-bit codes, what is left on dequant then moves to block in one
+    trial if the plan stays inside the target (else it stays dequant)."""
     sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
     target = cfg.budget.scaled(cfg.search_margin, cfg.agreement_margin)
     stats = _activation_stats(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
@@ -324,7 +341,7 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
 
     start = time.time()
     # int8 weights everywhere if that fits (small file); otherwise fp32 where it does not
-    weight_only = cfg.weight_only
+    weight_only = cfg.search_weight_only
     plan = {s: weight_only for s in sites}
     all_fit = not over_target(trial(plan, f"{weight_only}-all"))
     if not all_fit:
@@ -359,7 +376,15 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
         k = longest_prefix(rest, scheme)
         plan.update({c: scheme for c in rest[:k]})
         rest = rest[k:]
+    leftovers = [s for s in sites if plan[s] == "dequant"]
+    leftovers_moved = False
+    if cfg.leftovers_to_block and leftovers:
+        moved = {**plan, **{s: "block" for s in leftovers}}
+        if not over_target(trial(moved, "block-leftovers")):
+            plan, leftovers_moved = moved, True
     info = {"sensitivity_mean_abs": {s: round(v, 6) for s, v in sensitivity.items()},
+            "leftovers_to_block": "moved" if leftovers_moved else
+                                  ("over target, kept dequant" if cfg.leftovers_to_block and leftovers else "not tried"),
             "search_target": asdict(target), "start_scheme": start_scheme,
             "search_seconds": round(time.time() - start, 1)}
     return plan, info, stats, cache
@@ -438,7 +463,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
             plan, quant_info, stats, cache = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json, work)
             candidates = [plan] + gate_fallbacks(plan, quant_info.get("sensitivity_mean_abs", {}),
-                                                 cfg.gate_retries, quant_info["start_scheme"], cfg.weight_only)
+                                                 cfg.gate_retries, quant_info["start_scheme"],
+                                                 cfg.search_weight_only)
         fused = model
         candidate = work / "candidate.onnx"
         rejected: list[dict] = []

@@ -127,8 +127,15 @@ def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs
     diff = np.abs(ours - theirs)
     assert diff.mean() <= 0.01 and diff.max() <= 0.05
     _check_plan_in_graph(path, report)
-    assert set(report.plan) <= {"token", "dequant", "fp32"}  # the default schemes
-    assert report.plan.get("token", 0) + report.plan.get("dequant", 0) >= 1
+    assert set(report.plan) <= {"token", "dequant", "block", "fp32"}  # the default schemes
+    # weight_only="auto": what the search leaves on dequant moves to block all together, and only
+    # for 8-bit codes (a VNNI-targeted artifact)
+    assert not {"dequant", "block"} <= set(report.plan)
+    spec = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[KEY_SPEC])
+    moved = spec["quantization"]["leftovers_to_block"] == "moved"
+    assert ("block" in report.plan) == moved
+    assert not moved or spec["quantization"]["activation_bits"] == 8
+    assert report.plan.get("token", 0) + report.plan.get("dequant", 0) + report.plan.get("block", 0) >= 1
     inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
     assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
 
@@ -288,6 +295,14 @@ def test_scheme_options_are_checked():
     with pytest.raises(ValueError, match="weight_only"):
         ExportConfig(weight_only="token")
     assert ExportConfig(integer_schemes=[]).integer_schemes == ()
+
+
+def test_auto_weight_only_moves_leftovers_to_block_only_for_8_bit_codes():
+    assert ExportConfig(activation_bits=8).leftovers_to_block
+    assert not ExportConfig(activation_bits=7).leftovers_to_block  # portable: dequant is fp32 speed on AVX2
+    assert not ExportConfig(activation_bits=8, weight_only="dequant").leftovers_to_block
+    assert ExportConfig().search_weight_only == "dequant"
+    assert ExportConfig(weight_only="block").search_weight_only == "block"
 
 
 def test_activation_chain_and_bits_are_checked():
