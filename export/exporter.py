@@ -160,7 +160,6 @@ class ExportConfig:
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
 
-
     @property
     def search_weight_only(self) -> str:
         """The int8-weight scheme the plan search starts from (``auto`` searches from dequant)."""
@@ -382,9 +381,10 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
         moved = {**plan, **{s: "block" for s in leftovers}}
         if not over_target(trial(moved, "block-leftovers")):
             plan, leftovers_moved = moved, True
+    tried = cfg.leftovers_to_block and bool(leftovers)
     info = {"sensitivity_mean_abs": {s: round(v, 6) for s, v in sensitivity.items()},
             "leftovers_to_block": "moved" if leftovers_moved else
-                                  ("over target, kept dequant" if cfg.leftovers_to_block and leftovers else "not tried"),
+                                  "over target, kept dequant" if tried else "not tried",
             "search_target": asdict(target), "start_scheme": start_scheme,
             "search_seconds": round(time.time() - start, 1)}
     return plan, info, stats, cache
