@@ -481,10 +481,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                         "outlier_channels": cfg.outlier_channels, "gptq": cfg.gptq,
                         "activation_chain": cfg.activation_chain, "activation_bits": cfg.activation_bits,
                         "activation_scales": f"per token (row), {cfg.activation_bits}-bit, computed at run "
-                                             "time; symmetric, or one-sided on GELU outputs"
-                                             if cfg.one_sided_gelu else
-                                             f"per token (row), symmetric {cfg.activation_bits}-bit, "
-                                             "computed at run time",
+                                             "time; symmetric" + (", or one-sided on GELU outputs"
+                                                                  if cfg.one_sided_gelu else ""),
                         "one_sided_gelu": cfg.one_sided_gelu,
                         "integer_schemes": list(cfg.integer_schemes), "weight_only": cfg.weight_only,
                         "weight_scales": "per output channel (token, token2) / per block (block, dequant)",

@@ -307,8 +307,6 @@ def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: 
             _const(graph, f"{p}.unshift", (-correction).astype(np.float32))
             out.append(mk("Add", [f"{p}.yshift", f"{p}.unshift"], [y], name=f"{p}.Unshift"))
         return out + tail
-    if shift is not None:
-        raise ValueError("one-sided (shifted) activation codes do not combine with token2's residual")
     _const(graph, f"{p}.inv_steps", np.array(1.0 / residual_steps(bits), dtype=np.float32))
     return [
         mk("MatMulIntegerToFloat", [xq, f"{p}.wq", f"{p}.one", f"{p}.wscale", f"{p}.zp"],

@@ -37,7 +37,7 @@ from rewardrt.runtime.tokenizer import encode, pad
 # pass's activations (an FFN intermediate alone is tokens x 1536 floats) and keeps that memory. 1024
 # tokens (~25 ordinary pairs) already make the GEMMs tall enough: measured against 8192 on 512 dev
 # pairs in calls of 64 and on GRPO-shaped calls, throughput within +-5% at 1 and 2 threads, while
-# scoring all dev pairs in calls of 64 peaks at 175 MB RSS instead of 253 MB.
+# scoring all dev pairs in calls of 64 (v3 INT8, 1 thread) peaks at 175 MB RSS instead of 253 MB.
 DEFAULT_MAX_BATCH_TOKENS = 1024
 # Rows x width^2 per forward pass. Attention holds a batch x heads x width^2 float buffer, so long
 # rows dominate peak memory: 262144 cells is 12.6 MB at 12 heads, one row at 512 tokens, 16 at 128.
