@@ -1,7 +1,7 @@
 """Microbenchmark of the token scheme's activation-quantization chain: one MatMul x·W at realistic
 shapes, as fp32, as the ``elementwise`` chain (Abs, ReduceMax, Max, Mul, Div, Round, Clip, Add,
-Cast -> MatMulIntegerToFloat -> row scale) and as the ``qlinear`` chain (per-axis QuantizeLinear on
-a [rows, K] view). Variants run interleaved, round after round, on the same input; the medians
+Cast -> MatMulIntegerToFloat -> row scale) and as the ``qlinear`` chain (one blocked QuantizeLinear,
+a block per row; the graph is raised to opset 21 for it). Variants run interleaved, round after round, on the same input; the medians
 and the ratios to fp32 are printed, and the uint8 codes of the two chains are compared bit for bit.
 
 ``--blocks`` and ``--residual`` add the ``block`` (MatMulNBits) and ``token2`` schemes; the CPU's
@@ -44,7 +44,7 @@ def _matmul_model(k: int, n: int, seed: int = 0):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])],
         [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what the exporter writes at opset 17; older onnxruntime builds read it
+    model.ir_version = 8  # what the tracer writes at opset 17 (apply_plan raises both for qlinear)
     return model
 
 

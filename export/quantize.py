@@ -122,6 +122,48 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
 
+# The qlinear chain quantizes each row of a [..., K] activation with ONE blocked QuantizeLinear
+# (axis -1, block_size K: a scale and zero point of shape [..., 1]), which opset 21 introduced.
+QLINEAR_OPSET = 21
+# Default-domain ops whose versions from opset 13 to 21 only added types or options the traced
+# graphs do not use, so raising the opset leaves their meaning as it was ...
+_SAME_MEANING_UP_TO_21 = frozenset({
+    "Cast", "Constant", "ConstantOfShape", "DequantizeLinear", "Equal", "Flatten", "Identity",
+    "QuantizeLinear", "Reshape", "Shape", "Size", "Squeeze", "Transpose", "Unsqueeze"})
+# ... and reductions whose ``axes`` attribute became an input in opset 18.
+_AXES_BECAME_INPUT = frozenset({
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSumSquare"})
+
+
+def raise_opset(model: onnx.ModelProto, version: int) -> None:
+    """Raise ``model``'s default-domain opset to ``version`` (at most 21) in place, rewriting what
+    changed on the way (reductions' ``axes`` attribute -> input); refuses a graph holding an op
+    whose newer version this function does not know to mean the same."""
+    if version > QLINEAR_OPSET:
+        raise ValueError(f"raise_opset knows the op changes up to opset {QLINEAR_OPSET}, not {version}")
+    old = _opset(model)
+    if old >= version:
+        return
+    graph = model.graph
+    for op in sorted({n.op_type for n in graph.node if n.domain in ("", "ai.onnx")}):
+        changed = onnx.defs.get_schema(op, old).since_version != onnx.defs.get_schema(op, version).since_version
+        if changed and op not in _SAME_MEANING_UP_TO_21 | _AXES_BECAME_INPUT:
+            raise ValueError(f"cannot raise the graph from opset {old} to {version}: {op} changed in between")
+    for node in graph.node:
+        axes = next((a for a in node.attribute if a.name == "axes"), None)
+        if node.domain in ("", "ai.onnx") and node.op_type in _AXES_BECAME_INPUT and axes is not None:
+            name = _const(graph, f"{node.name or node.output[0]}.axes",
+                          np.array(list(axes.ints), dtype=np.int64))
+            node.attribute.remove(axes)
+            del node.input[1:]
+            node.input.append(name)
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = version
+    model.ir_version = max(model.ir_version, 10)  # opset 21 needs IR version 10
+
+
 CHAINS = ("elementwise", "qlinear")
 
 
@@ -138,8 +180,8 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
     runs on MLAS's u8s8 kernels (VNNI where the CPU has it).
 
     ``chain`` says how the divide-round-shift-cast step is written: ``elementwise`` as five ONNX
-    ops (Div, Round, Clip, Add, Cast: five passes over the activation), ``qlinear`` as one per-axis
-    ``QuantizeLinear`` on a [rows, K] view of it (one pass; the reshapes are views). Both give the
+    ops (Div, Round, Clip, Add, Cast: five passes over the activation), ``qlinear`` as one blocked
+    ``QuantizeLinear`` (opset >= :data:`QLINEAR_OPSET`; one block of ``k`` per row). Both give the
     same codes (round half to even of x / scale, plus the zero point). ``k``: the activation's last
     dimension.
     ``residual`` (``qlinear`` only) also quantizes x - dequantized codes for the ``token2`` scheme.
@@ -154,6 +196,9 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         raise ValueError("the residual codes of the token2 scheme need chain='qlinear'")
     if shift is not None and (residual or chain != "qlinear"):
         raise ValueError("one-sided (shifted) activation codes need chain='qlinear' and no residual")
+    if chain == "qlinear" and opset < QLINEAR_OPSET:
+        raise ValueError(f"chain='qlinear' needs opset >= {QLINEAR_OPSET} (blocked QuantizeLinear), "
+                         f"the graph has {opset}; see raise_opset")
     mk = helper.make_node
     nodes: list[onnx.NodeProto] = []
     if inv_smooth is not None:
@@ -182,34 +227,28 @@ def _quantize_activation_nodes(x: str, p: str, graph: onnx.GraphProto, opset: in
         mk("Mul", [f"{p}.amax1", f"{p}.inv_qmax"], [f"{p}.ascale"], name=f"{p}.Scale"),
     ]
     if chain == "qlinear":
-        # per-axis QuantizeLinear wants a 1-D scale and zero point along one axis: view the
-        # activation as [rows, K]; the zero points (one per row) come from a QuantizeLinear of the
-        # scales themselves with a huge scale (round(s / 1e30) + zp = zp), sized like them.
-        _const(graph, f"{p}.flat", np.array([-1], dtype=np.int64))
-        _const(graph, f"{p}.rows_k", np.array([-1, k], dtype=np.int64))
-        _const(graph, f"{p}.huge", np.array(1e30, dtype=np.float32))
-        _const(graph, f"{p}.zp", np.array(zp, dtype=np.uint8))
-        nodes += [
-            mk("Shape", [x], [f"{p}.shape"], name=f"{p}.Shape"),
-            mk("Reshape", [f"{p}.ascale", f"{p}.flat"], [f"{p}.scale1d"], name=f"{p}.ScaleView"),
-            mk("QuantizeLinear", [f"{p}.scale1d", f"{p}.huge", f"{p}.zp"], [f"{p}.zp1d"],
-               name=f"{p}.ZeroPoints"),
-            mk("Reshape", [x, f"{p}.rows_k"], [f"{p}.x2d"], name=f"{p}.RowsView"),
-            mk("QuantizeLinear", [f"{p}.x2d", f"{p}.scale1d", f"{p}.zp1d"], [f"{p}.xq2d"], axis=0,
-               name=f"{p}.Quantize"),
-            mk("Reshape", [f"{p}.xq2d", f"{p}.shape"], [f"{p}.xq"], name=f"{p}.View"),
-        ]
+        # blocked QuantizeLinear, one block per row: scale and zero point have the row shape
+        # [..., 1]. The zero points come from a QuantizeLinear of the scales themselves with a
+        # huge scale (round(s / 1e30) + zp = zp), sized like them; one-sided codes have none (0).
+        block = {"axis": -1, "block_size": k}
+        zp_in = []
+        if shift is None:
+            _const(graph, f"{p}.huge", np.array(1e30, dtype=np.float32))
+            _const(graph, f"{p}.zp", np.array(zp, dtype=np.uint8))
+            nodes.append(mk("QuantizeLinear", [f"{p}.ascale", f"{p}.huge", f"{p}.zp"], [f"{p}.zps"],
+                            name=f"{p}.ZeroPoints"))
+            zp_in = [f"{p}.zps"]
+        nodes.append(mk("QuantizeLinear", [x, f"{p}.ascale", *zp_in], [f"{p}.xq"], name=f"{p}.Quantize", **block))
         if not residual:
             return nodes, f"{p}.xq", f"{p}.ascale", None
         _const(graph, f"{p}.inv_steps", np.array(1.0 / residual_steps(bits), dtype=np.float32))
         nodes += [
-            mk("DequantizeLinear", [f"{p}.xq2d", f"{p}.scale1d", f"{p}.zp1d"], [f"{p}.xd2d"], axis=0,
-               name=f"{p}.Dequantize"),
-            mk("Sub", [f"{p}.x2d", f"{p}.xd2d"], [f"{p}.r2d"], name=f"{p}.Residual"),
-            mk("Mul", [f"{p}.scale1d", f"{p}.inv_steps"], [f"{p}.rscale1d"], name=f"{p}.ResidualScale"),
-            mk("QuantizeLinear", [f"{p}.r2d", f"{p}.rscale1d", f"{p}.zp1d"], [f"{p}.rq2d"], axis=0,
-               name=f"{p}.QuantizeResidual"),
-            mk("Reshape", [f"{p}.rq2d", f"{p}.shape"], [f"{p}.rq"], name=f"{p}.ResidualView"),
+            mk("DequantizeLinear", [f"{p}.xq", f"{p}.ascale", *zp_in], [f"{p}.xd"], name=f"{p}.Dequantize",
+               **block),
+            mk("Sub", [x, f"{p}.xd"], [f"{p}.r"], name=f"{p}.Residual"),
+            mk("Mul", [f"{p}.ascale", f"{p}.inv_steps"], [f"{p}.rscale"], name=f"{p}.ResidualScale"),
+            mk("QuantizeLinear", [f"{p}.r", f"{p}.rscale", *zp_in], [f"{p}.rq"], name=f"{p}.QuantizeResidual",
+               **block),
         ]
         return nodes, f"{p}.xq", f"{p}.ascale", f"{p}.rq"
     _const(graph, f"{p}.lo", np.array(-float(qmax), dtype=np.float32))
@@ -318,6 +357,42 @@ def _integer_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, xq: str, ascale: 
     ] + tail
 
 
+def _fold_unshifts(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """``nodes`` with each one-sided MatMul's ``Unshift`` Add folded into the bias that is added
+    further down (the layer norm's bias Add), when the path there is Adds only and no other node
+    reads it: one Add less per FFN. Adding the constant a few Adds later is the same sum up to
+    float rounding. Unshifts with no such bias stay as they are."""
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    folded: set[int] = set()
+    for unshift in (n for n in nodes if n.op_type == "Add" and n.name.endswith(".Unshift")):
+        correction = numpy_helper.to_array(inits[unshift.input[1]])
+        tensor = unshift.output[0]
+        for _ in range(4):  # Unshift -> outlier Add -> residual Add -> bias Add, at most
+            nxt = readers.get(tensor, [])
+            if len(nxt) != 1 or nxt[0].op_type != "Add" or tensor in outputs:
+                break
+            add = nxt[0]
+            other = add.input[1] if add.input[0] == tensor else add.input[0]
+            bias = inits.get(other)
+            if bias is None:
+                tensor = add.output[0]
+                continue
+            if (tuple(bias.dims) == correction.shape and bias.data_type == TensorProto.FLOAT
+                    and len(readers[other]) == 1):
+                summed = numpy_helper.to_array(bias).astype(np.float64) + correction
+                bias.CopyFrom(numpy_helper.from_array(summed.astype(np.float32), other))
+                for reader in readers[unshift.output[0]]:
+                    reader.input[list(reader.input).index(unshift.output[0])] = unshift.input[0]
+                folded.add(id(unshift))
+            break
+    return [n for n in nodes if id(n) not in folded]
+
+
 def dequant_weights(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes [K/b, b, N] and fp32 scales [K/b, 1, N] of ``w`` [K, N] in blocks of
     b = ``block_size`` rows (b = K, one scale per output channel, when ``block_size`` does not divide K)."""
@@ -384,13 +459,15 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
         raise ValueError(f"plan uses unknown schemes {sorted(unknown)}; known: {SCHEMES}")
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    opset = _opset(model)
     inits = {t.name: t for t in graph.initializer}
     sites = {s.name: s for s in quantizable_matmuls(model)}
     missing = set(plan) - set(sites)
     if missing:
         raise ValueError(f"plan names MatMuls that are not in the graph: {sorted(missing)[:3]}")
     integer = [n for n in graph.node if n.name in sites and plan.get(n.name) in INTEGER_SCHEMES]
+    if integer and chain == "qlinear":
+        raise_opset(model, QLINEAR_OPSET)
+    opset = _opset(model)
     weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in integer}
     # MatMuls reading the same activation with the same scheme share one quantization of it
     groups: dict[tuple[str, str], list[onnx.NodeProto]] = {}
@@ -465,7 +542,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], block_size: int 
             new_nodes.extend(_dequant_matmul_nodes(node, w, graph, block_size))
             continue
         new_nodes.append(node)
-    _replace_nodes(graph, new_nodes)
+    _replace_nodes(graph, _fold_unshifts(new_nodes, graph))
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if block_nodes:

@@ -261,11 +261,20 @@ def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_in
     assert spec["quantization"]["activation_bits"] == 7
     codes = {n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
     residual = {c for c in codes if c.endswith(".rq")}
-    # per quantized activation: one QuantizeLinear for the codes and one for the zero points, and
-    # one more for the residual codes of the token2 scheme
+    # per quantized activation: one blocked QuantizeLinear for the codes (a block per row, no
+    # reshapes), one for the zero points unless the codes are one-sided (zero point 0), and one
+    # more for the residual codes of the token2 scheme
+    names = {n.name for n in model.graph.node}
+    one_sided = {c for c in codes if c.endswith(".xq") and c[: -len(".xq")] + ".Shift" in names}
     assert len(codes) >= 1 and report.plan.get("token", 0) + report.plan.get("token2", 0) >= 1
-    assert ops["QuantizeLinear"] == 2 * (len(codes) - len(residual)) + len(residual)
+    assert ops["QuantizeLinear"] == 2 * (len(codes) - len(residual)) + len(residual) - len(one_sided)
     assert ops["Round"] == 0
+    assert not [n for n in model.graph.node if n.op_type == "Reshape" and ".act." in n.input[0]]
+    k_of = {t.name: t.dims[0] for t in model.graph.initializer if t.name.endswith(".wq")}
+    gemm_k = {n.input[0]: k_of[n.input[1]] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
+    for node in (n for n in model.graph.node if n.name.endswith(".Quantize")):
+        assert {a.name: a.i for a in node.attribute} == {"axis": -1, "block_size": gemm_k[node.output[0]]}
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [21]
 
 
 def test_int8_with_token2_and_block_schemes(tiny_checkpoint, tmp_path, data_dir, tiny_reference, dev_pairs):

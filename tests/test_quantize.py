@@ -209,3 +209,84 @@ def test_one_sided_codes_only_follow_gelu_outputs():
     plain = apply_plan(_graph({"a": w}), {"a": "token"})
     assert "Abs" in {n.op_type for n in plain.graph.node}
     assert not any(n.name.endswith(".Shift") or n.name.endswith(".Unshift") for n in plain.graph.node)
+
+
+def _gelu_bias_graph(w: np.ndarray, bias: np.ndarray, read_sum: bool = False) -> onnx.ModelProto:
+    """BiasGelu -> MatMul -> + residual -> + bias, like the FFN's end before the layer norm.
+    ``read_sum``: the residual sum is also a graph output, so the path is read elsewhere."""
+    nodes = [helper.make_node("BiasGelu", ["x", "b"], ["g"], domain="com.microsoft", name="gelu"),
+             helper.make_node("MatMul", ["g", "W"], ["y"], name="down"),
+             helper.make_node("Add", ["y", "skip"], ["s"], name="residual"),
+             helper.make_node("Add", ["s", "bias"], ["out"], name="bias_add")]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "T", N])]
+    if read_sum:
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, ["B", "T", N]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", K]),
+                     helper.make_tensor_value_info("skip", TensorProto.FLOAT, ["B", "T", N])],
+        outputs, [numpy_helper.from_array(np.zeros(K, np.float32), "b"), numpy_helper.from_array(w, "W"),
+                  numpy_helper.from_array(bias, "bias")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("read_sum", [False, True])
+def test_unshift_folds_into_the_bias_downstream_only_when_nothing_else_reads_the_path(read_sum):
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    feed = {"x": (rng.standard_normal((2, 5, K)) * 2).astype(np.float32),
+            "skip": rng.standard_normal((2, 5, N)).astype(np.float32)}
+    model = apply_plan(_gelu_bias_graph(w, bias, read_sum), {"down": "token"})
+    names = [n.name for n in model.graph.node]
+    assert any(n.endswith(".Unshift") for n in names) == read_sum
+    (bias_now,) = [t for t in model.graph.initializer if t.name == "bias"]
+    assert np.array_equal(numpy_helper.to_array(bias_now), bias) == read_sum
+    unfolded = apply_plan(_gelu_bias_graph(w, bias, read_sum=True), {"down": "token"})
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(unfolded.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, ref = session.run(["out"], feed)[0], reference.run(["out"], feed)[0]
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()  # the same sum, up to float rounding
+
+
+def test_integer_plans_raise_the_opset_and_move_reduction_axes_to_inputs():
+    """The qlinear chain's blocked QuantizeLinear needs opset 21: a traced opset-17 graph is raised,
+    its ReduceMean's axes attribute becomes an input, and the outputs stay the same."""
+    from rewardrt.export.quantize import QLINEAR_OPSET
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1, name="mean"),
+             helper.make_node("Sub", ["x", "m"], ["c"], name="center"),
+             helper.make_node("MatMul", ["c", "W"], ["y"], name="mm")]
+    w = np.random.default_rng(9).standard_normal((K, N)).astype(np.float32)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", N])],
+                              [numpy_helper.from_array(w, "W")])
+    traced = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    traced.ir_version = 8
+    model = apply_plan(traced, {"mm": "token"})
+    onnx.checker.check_model(model)
+    assert [o.version for o in model.opset_import if o.domain == ""] == [QLINEAR_OPSET]
+    (mean,) = [n for n in model.graph.node if n.name == "mean"]
+    assert len(mean.input) == 2 and not mean.attribute[0].name == "axes"
+    x = _activation(np.random.default_rng(10))
+    (y,) = _run(model, x)
+    # the elementwise chain makes the same codes without raising the opset
+    same_codes = apply_plan(traced, {"mm": "token"}, chain="elementwise")
+    assert [o.version for o in same_codes.opset_import if o.domain == ""] == [17]
+    (expected,) = _run(same_codes, x)
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
+    fp32 = apply_plan(traced, {"mm": "fp32"})  # no integer MatMul: the graph keeps its opset
+    assert [o.version for o in fp32.opset_import if o.domain == ""] == [17]
+
+
+def test_raising_the_opset_refuses_ops_it_does_not_know_to_keep_their_meaning():
+    from rewardrt.export.quantize import raise_opset
+
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], name="pad")  # Pad changed in opsets 18-21
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                              [numpy_helper.from_array(np.array([1, 1], np.int64), "pads")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ValueError, match="Pad changed"):
+        raise_opset(model, 21)
+    assert model.opset_import[0].version == 17
