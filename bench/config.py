@@ -50,7 +50,9 @@ FULL = BenchPlan(
     mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, latency_dev_calls=48,
     batches=(8, 32, 64),
     throughput_pairs=128, rl_steps=1, rl_groups=4, cold_repeats=3, fidelity_pairs=None,
-    swap_per_rule=300, warmup_pairs=64, export_validation=None, export_calibration=256,
+    # the CLI's default calibration size (ExportConfig.calibration_size), so "exported here" is the
+    # plan `rewardrt export --precision int8` gives: with 256 pairs the search can land elsewhere
+    swap_per_rule=300, warmup_pairs=64, export_validation=None, export_calibration=512,
 )
 GROUP_SIZE = 8  # GRPO samples per prompt, all scored against the same reference
 

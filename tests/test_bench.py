@@ -184,3 +184,12 @@ def test_profile_breakdown_of_a_synthetic_trace():
     assert b["integer_gemm"]["gop_per_call"] == 2 * 6 * 4 * 5 / 1e9
     with pytest.raises(ValueError, match="nothing left"):
         breakdown(trace, skip_runs=2)
+
+
+def test_full_bench_exports_with_the_cli_default_calibration():
+    """"exported here" must be the plan `rewardrt export --precision int8` gives, so the full bench
+    calibrates on as many pairs as the exporter's default."""
+    from rewardrt.bench.config import FULL
+    from rewardrt.export.exporter import ExportConfig
+
+    assert FULL.export_calibration == ExportConfig.__dataclass_fields__["calibration_size"].default
