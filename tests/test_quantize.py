@@ -267,7 +267,7 @@ def test_integer_plans_raise_the_opset_and_move_reduction_axes_to_inputs():
     onnx.checker.check_model(model)
     assert [o.version for o in model.opset_import if o.domain == ""] == [QLINEAR_OPSET]
     (mean,) = [n for n in model.graph.node if n.name == "mean"]
-    assert len(mean.input) == 2 and not mean.attribute[0].name == "axes"
+    assert len(mean.input) == 2 and "axes" not in {a.name for a in mean.attribute}
     x = _activation(np.random.default_rng(10))
     (y,) = _run(model, x)
     # the elementwise chain makes the same codes without raising the opset
