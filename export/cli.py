@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
                         "expanded at load: fp32 speed on every CPU) or block (MatMulNBits: less memory, "
                         "faster than fp32 on VNNI CPUs, ~2.5x slower on AVX2-only ones); auto (default): "
-                        "search from dequant, then move those MatMuls to block if the artifact has 8-bit "
-                        "activation codes (VNNI) and the plan stays inside the search target")
+                        "search from dequant, then, if the artifact has 8-bit activation codes (VNNI), "
+                        "move as many of those MatMuls to block as keep the plan inside the search target")
     p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
                    help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "
                         "of x + 0.1701, twice as fine as ±127; default on)")

@@ -104,8 +104,9 @@ class ExportConfig:
     # the int8-weight scheme of every other MatMul: "dequant" (fp32 compute on weights expanded at
     # load: fp32 speed on every CPU) or "block" (MatMulNBits: less memory, ~2.5x slower on AVX2).
     # "auto": search from dequant, then move what the search left on dequant to block when the
-    # artifact targets VNNI CPUs (8-bit activation codes) and the plan stays inside the search
-    # target: there block is 0.75-0.88x the fp32 MatMul's time and holds no fp32 weights in memory
+    # artifact targets VNNI CPUs (8-bit activation codes), as many as keep the plan inside the
+    # search target, least sensitive first: there block is 0.75-0.88x the fp32 MatMul's time and
+    # holds no fp32 weights in memory
     weight_only: str = "auto"
     # token-scheme MatMuls reading a GELU output (>= -0.17) quantize it one-sided: x + 0.1701 on
     # codes 0..255 (zero point 0) instead of ±127, twice as fine at the same speed, and
@@ -318,8 +319,9 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
     whole plan stays inside the search target (binary search over the order), then the next scheme
     the same way (``token2``: two integer GEMMs, ~1.9-2.3x fp32 time on AVX2, so not tried by
     default), and from an fp32 start the least sensitive of what is left take ``cfg.weight_only``.
-    With ``weight_only="auto"`` and 8-bit codes, what is left on dequant then moves to block in one
-    trial if the plan stays inside the target (else it stays dequant)."""
+    With ``weight_only="auto"`` and 8-bit codes, what is left on dequant then moves to block, least
+    sensitive first, as many as keep the plan inside the target (binary search; the rest stays
+    dequant)."""
     sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
     target = cfg.budget.scaled(cfg.search_margin, cfg.agreement_margin)
     stats = _activation_stats(fp32, cal, tokenizer_json, spec.max_length, sites, cfg.threads)
@@ -375,16 +377,14 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
         k = longest_prefix(rest, scheme)
         plan.update({c: scheme for c in rest[:k]})
         rest = rest[k:]
-    leftovers = [s for s in sites if plan[s] == "dequant"]
-    leftovers_moved = False
-    if cfg.leftovers_to_block and leftovers:
-        moved = {**plan, **{s: "block" for s in leftovers}}
-        if not over_target(trial(moved, "block-leftovers")):
-            plan, leftovers_moved = moved, True
+    # what the search left on dequant, least sensitive first: as many as keep the plan in target
+    # move to block (binary search, like the integer schemes)
+    leftovers = [s for s in order if plan[s] == "dequant"]
     tried = cfg.leftovers_to_block and bool(leftovers)
+    moved = longest_prefix(leftovers, "block") if tried else 0
+    plan.update({s: "block" for s in leftovers[:moved]})
     info = {"sensitivity_mean_abs": {s: round(v, 6) for s, v in sensitivity.items()},
-            "leftovers_to_block": "moved" if leftovers_moved else
-                                  "over target, kept dequant" if tried else "not tried",
+            "leftovers_to_block": f"moved {moved} of {len(leftovers)}" if tried else "not tried",
             "search_target": asdict(target), "start_scheme": start_scheme,
             "search_seconds": round(time.time() - start, 1)}
     return plan, info, stats, cache
