@@ -1,8 +1,9 @@
 """Microbenchmark of the token scheme's activation-quantization chain: one MatMul x·W at realistic
 shapes, as fp32, as the ``elementwise`` chain (Abs, ReduceMax, Max, Mul, Div, Round, Clip, Add,
 Cast -> MatMulIntegerToFloat -> row scale) and as the ``qlinear`` chain (one blocked QuantizeLinear,
-a block per row; the graph is raised to opset 21 for it). Variants run interleaved, round after round, on the same input; the medians
-and the ratios to fp32 are printed, and the uint8 codes of the two chains are compared bit for bit.
+a block per row; the graph is raised to opset 21 for it). Variants run interleaved, round after
+round, on the same input; the medians and the ratios to fp32 are printed, and the uint8 codes of
+the two chains are compared bit for bit.
 
 ``--blocks`` and ``--residual`` add the ``block`` (MatMulNBits) and ``token2`` schemes; the CPU's
 integer-kernel class (VNNI or AVX2) is printed with the table, since the ratios depend on it.
