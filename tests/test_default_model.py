@@ -20,6 +20,16 @@ def test_default_model_is_packaged_and_int8():
     assert model.spec.fidelity["mean_abs_diff"] <= 0.01
 
 
+def test_default_model_travels_to_any_x86_cpu():
+    # The packaged artifact lands on unknown CPUs: integer GEMMs only with 7-bit activation codes
+    # (8-bit ones saturate without VNNI) and no `block` MatMuls (MatMulNBits is slow on AVX2 only).
+    quant = RewardModel().spec.quantization
+    schemes = set(quant["plan"].values())
+    assert schemes <= {"token", "token2", "dequant"}, schemes
+    if schemes & {"token", "token2"}:
+        assert quant["activation_bits"] == 7
+
+
 def test_default_model_without_torch():
     code = textwrap.dedent("""
         import sys

@@ -159,4 +159,4 @@ def test_seal_refuses_what_it_cannot_read(tmp_path):
 def test_default_artifact_passes_the_check():
     from rewardrt.models import default_model_path
 
-    assert check_artifact(default_model_path()) in (1, 2)  # 1 until the default model is re-sealed
+    assert check_artifact(default_model_path()) == 2
