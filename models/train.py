@@ -1,6 +1,7 @@
 """Training recipe of the default reward model (``rewardrt train`` / ``make model``).
 
-Starts from the packaged all-MiniLM-L6-v2, trains the top encoder layers and the mean⊕max head with
+Starts from the packaged all-MiniLM-L6-v2 (or, with ``init_from``, from an earlier run's checkpoint),
+trains the top encoder layers and the mean⊕max head with
 MSE on 0..1 answer-equivalence targets built from ../shared/data/pairs-train.jsonl plus rule-based
 minimal edits, selects the epoch on pairs-dev.jsonl, and writes a full checkpoint in the
 neuraltxt-reward-tiny layout. Everything is seeded; the wall time goes into the run log.
@@ -22,7 +23,7 @@ import torch
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
 from rewardrt.runtime.edits import EDITS
-from rewardrt.runtime.evaluate import confound_rate, is_confound_pair
+from rewardrt.runtime.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ class Recipe:
     eval_every_steps: int | None = None  # dev selection also within epochs (None: after each epoch only)
     max_dev_confound: float = 1.0      # selection prefers evaluations whose dev confound rate (SICK
                                        # contradictions with word-F1 >= 0.5 scored > 0.7) is at most this
+    max_dev_synonym_noticed: float | None = None  # ... then those whose dev synonym control (the
+                                       # `rewardrt eval` probe: one-word synonym swaps of dev references
+                                       # scored > 0.15 below the unedited pair) is at most this; None:
+                                       # not measured
+    init_from: str | None = None       # start from this checkpoint folder (neuraltxt-reward-tiny layout
+                                       # over the same base, e.g. an earlier run's checkpoint/ or
+                                       # `rewardrt materialize` output) instead of the base + a new head
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
@@ -91,6 +99,8 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
+        if self.max_dev_synonym_noticed is not None and not 0 <= self.max_dev_synonym_noticed <= 1:
+            raise ValueError(f"max_dev_synonym_noticed must be in [0, 1] or null, got {self.max_dev_synonym_noticed}")
         if self.kept_edits_per_rule is not None and (not isinstance(self.kept_edits_per_rule, int)
                                                      or self.kept_edits_per_rule < 0):
             raise ValueError(f"kept_edits_per_rule must be an int >= 0 or null, got {self.kept_edits_per_rule!r}")
@@ -286,8 +296,9 @@ def predict(net: RewardNet, tokenizer, refs: list[str], resps: list[str], batch:
     return res
 
 
-def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
-    """The selection metrics on the dev pairs (the full table is ``rewardrt eval``)."""
+def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: bool = False) -> dict[str, float]:
+    """The selection metrics on the dev pairs (the full table is ``rewardrt eval``); with
+    ``synonym_control`` also the share of ``rewardrt eval``'s synonym probes the model notices."""
     scores = predict(net, tokenizer, [d["a"] for d in dev], [d["b"] for d in dev])
     gold = np.array([d["similarity"] for d in dev])
     src = np.array([d["source"] for d in dev])
@@ -304,15 +315,23 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict]) -> dict[str, float]:
     m["confound"] = confound_rate(dev, scores) or 0.0
     m["selection"] = float(np.mean([v for k, v in m.items() if k.startswith(("spearman", "auc"))])
                            - m["contradiction>0.7"])
+    if synonym_control:
+        probes = swap_probes(dev)["synonym"]
+        originals, edited = [a for a, _ in probes], [b for _, b in probes]
+        drops = predict(net, tokenizer, originals, originals) - predict(net, tokenizer, originals, edited)
+        m["synonym_noticed"] = float(np.mean(drops > NOTICED_DROP)) if probes else 0.0
     return m
 
 
-def prefer(new: dict[str, float], best: dict[str, float] | None, max_confound: float) -> bool:
-    """Whether dev metrics ``new`` beat ``best``: within the confound limit before out of it, then by
-    the selection score."""
+def prefer(new: dict[str, float], best: dict[str, float] | None, max_confound: float,
+           max_synonym_noticed: float | None = None) -> bool:
+    """Whether dev metrics ``new`` beat ``best``: within the confound limit before out of it, then
+    (when given) within the synonym-control limit before out of it, then by the selection score."""
     if best is None:
         return True
-    rank = lambda m: (m["confound"] <= max_confound, m["selection"])  # noqa: E731
+    rank = lambda m: (m["confound"] <= max_confound,  # noqa: E731
+                      max_synonym_noticed is None or m["synonym_noticed"] <= max_synonym_noticed,
+                      m["selection"])
     return rank(new) > rank(best)
 
 
@@ -333,6 +352,30 @@ def save_checkpoint(net: RewardNet, base: Path, out: Path, precision: str = "flo
                      {k: v.detach().clone() for k, v in net.head.state_dict().items()}, out, base)
 
 
+def _start_from(checkpoint: Path, base: Path) -> RewardNet:
+    """The encoder and head of ``checkpoint``, which must share the base's config and tokenizer (the
+    shipped delta is stored over that base)."""
+    from rewardrt.export.checkpoint import CheckpointError, load_head_state, locate
+    from rewardrt.export.reference import load_encoder
+
+    files = locate(checkpoint)
+    for name in ("config.json", "vocab.txt", "tokenizer.json"):
+        if json_or_text(files.root / name) != json_or_text(base / name):
+            raise CheckpointError(f"init_from {str(checkpoint)!r}: its {name} differs from the packaged base's; "
+                                  "a run can only continue a checkpoint of the same base model")
+    encoder = load_encoder(files.root)
+    head = make_head(encoder.config.hidden_size)
+    head.load_state_dict(load_head_state(files, encoder.config.hidden_size))
+    log.info("starting from %s", checkpoint)
+    return RewardNet(encoder, head)
+
+
+def json_or_text(path: Path):
+    """A file's content for comparison: parsed JSON (key order and spacing do not matter) or text."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else text
+
+
 def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
@@ -349,8 +392,12 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
 
     base = base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-    encoder = AutoModel.from_pretrained(str(base), local_files_only=True, attn_implementation="eager")
-    net = RewardNet(encoder, make_head(encoder.config.hidden_size))
+    if r.init_from:
+        net = _start_from(resolve(r.init_from), base)
+        encoder = net.encoder
+    else:
+        encoder = AutoModel.from_pretrained(str(base), local_files_only=True, attn_implementation="eager")
+        net = RewardNet(encoder, make_head(encoder.config.hidden_size))
     n_layers = encoder.config.num_hidden_layers
     first_trainable = n_layers - r.trainable_layers
     for name, p in net.encoder.named_parameters():
@@ -396,11 +443,11 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
         if r.release_precision != "float32":
             live = {k: v.clone() for k, v in net.encoder.state_dict().items()}
             net.encoder.load_state_dict(release_weights(net, r.release_precision))
-        metrics = dev_metrics(net, tokenizer, dev_rows)
+        metrics = dev_metrics(net, tokenizer, dev_rows, r.max_dev_synonym_noticed is not None)
         metrics.update(epoch=epoch, step=step, elapsed_s=round(time.time() - t0, 1))
         history.append(metrics)
         log.info("dev at epoch %d step %d: %s", epoch, step, json.dumps(metrics))
-        if prefer(metrics, best, r.max_dev_confound):
+        if prefer(metrics, best, r.max_dev_confound, r.max_dev_synonym_noticed):
             best = metrics
             save_checkpoint(net, base, out_dir / "checkpoint", r.release_precision)
         if live is not None:

@@ -167,6 +167,19 @@ def test_selection_prefers_evaluations_within_the_confound_limit():
         Recipe(max_dev_confound=1.5)
 
 
+def test_selection_with_a_synonym_control_limit():
+    from rewardrt.models.train import Recipe, prefer
+
+    quiet = {"confound": 0.05, "selection": 0.60, "synonym_noticed": 0.0}
+    noisy = {"confound": 0.05, "selection": 0.70, "synonym_noticed": 0.01}
+    assert prefer(quiet, noisy, 0.07, 0.0) and not prefer(noisy, quiet, 0.07, 0.0)
+    assert prefer(noisy, quiet, 0.07, None)  # no limit: the score decides, as before
+    # the confound limit still comes first
+    assert prefer(noisy, dict(quiet, confound=0.09), 0.07, 0.0)
+    with pytest.raises(ValueError, match="max_dev_synonym_noticed"):
+        Recipe(max_dev_synonym_noticed=1.5)
+
+
 @pytest.mark.parametrize("field, value", [("teacher_weight", 1.5), ("teacher_weight", -0.1),
                                           ("contradiction_cap", 2.0), ("teacher_pairs", -1),
                                           ("hard_contradiction_repeats", -1), ("stop_after_steps", 0),
@@ -206,3 +219,48 @@ def test_training_stops_after_the_recipe_steps_and_keeps_the_best_evaluation(tmp
     assert summary["selected_step"] in (2, 3)
     assert (tmp_path / "out" / "checkpoint" / "head_weights.pt").exists()
     assert json.loads((tmp_path / "out" / "train_log.json").read_text())["selected_step"] == summary["selected_step"]
+
+
+def _tiny_run(tmp_path, name, **recipe):
+    rows = []
+    for i in range(20):
+        rows += [dict(r, a=f"{r['a']} {i}", b=f"{r['b']} {i}") for r in _rows()[:2]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(dict({
+        "train_data": str(data), "dev_data": str(data), "trainable_layers": 1, "epochs": 1,
+        "batch_size": 4, "max_length": 32, "edits_per_rule": 0, "stop_after_steps": 2, "threads": 1},
+        **recipe)))
+    return train.train(path, tmp_path / name)
+
+
+def test_a_run_can_start_from_an_earlier_checkpoint(tmp_path):
+    """init_from loads the earlier run's encoder and head: at learning rate 0 they come out unchanged,
+    and the synonym-control selection metric is measured when the recipe sets a limit."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    import torch
+
+    _tiny_run(tmp_path, "first")
+    first = tmp_path / "first" / "checkpoint"
+    summary = _tiny_run(tmp_path, "second", init_from=str(first), lr_encoder=0.0, lr_head=0.0,
+                        max_dev_synonym_noticed=0.0)
+    second = tmp_path / "second" / "checkpoint"
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = torch.load(first / "head_weights.pt"), torch.load(second / "head_weights.pt")
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert not torch.equal(ha["1.weight"], torch.zeros_like(ha["1.weight"]))
+    assert all(0.0 <= h["synonym_noticed"] <= 1.0 for h in summary["history"])
+
+
+def test_init_from_must_share_the_base(tmp_path):
+    pytest.importorskip("transformers")
+    from rewardrt.export.errors import CheckpointError
+
+    _tiny_run(tmp_path, "first")
+    other = tmp_path / "first" / "checkpoint"
+    (other / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    with pytest.raises(CheckpointError, match="init_from .*vocab.txt"):
+        _tiny_run(tmp_path, "second", init_from=str(other))
