@@ -9,6 +9,8 @@ neuraltxt-reward-tiny layout. Everything is seeded; the wall time goes into the 
 
 from __future__ import annotations
 
+import collections
+import difflib
 import json
 import logging
 import math
@@ -22,7 +24,7 @@ import torch
 
 from rewardrt.export.reference import RewardNet, make_head
 from rewardrt.models.base import base_model_dir, write_checkpoint
-from rewardrt.runtime.edits import EDITS
+from rewardrt.runtime.edits import EDITS, WORD
 from rewardrt.runtime.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
 from rewardrt.runtime.metrics import spearman, roc_auc
 
@@ -62,6 +64,11 @@ class Recipe:
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
     kept_edits_per_rule: int | None = None  # ... for the meaning-preserving rules (synonym, filler,
                                             # reorder); None: edits_per_rule
+    max_edits_per_change: int | None = None  # at most this many edits of a word-list rule (antonym,
+                                       # entity, synonym swaps) make the same change (same words out and
+                                       # in, any case): spreads its edits over the word list instead of
+                                       # the corpus's most frequent words (v3's 250 synonym swaps:
+                                       # 'said'->'stated' 38 times, 'running'->'jogging' 3); None: no limit
     identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
     alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
                                        # previous epoch's (both orders over two epochs, half the steps)
@@ -94,6 +101,9 @@ class Recipe:
         for name in ("teacher_weight", "contradiction_cap"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_edits_per_change is not None and (not isinstance(self.max_edits_per_change, int)
+                                                      or self.max_edits_per_change < 1):
+            raise ValueError(f"max_edits_per_change must be a positive int or null, got {self.max_edits_per_change!r}")
         for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -155,12 +165,18 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
         rng.shuffle(order)
         made = 0
         limit = r.edits_per_rule if changed or r.kept_edits_per_rule is None else r.kept_edits_per_rule
+        per_change: collections.Counter = collections.Counter()
         for sentence in order:
             if made >= limit:
                 break
             edited = rule(sentence, rng)
             if edited is None or edited == sentence:
                 continue
+            if r.max_edits_per_change is not None and name in WORD_LIST_RULES:
+                key = edit_change(sentence, edited)
+                if per_change[key] >= r.max_edits_per_change:
+                    continue
+                per_change[key] += 1
             t = r.changed_target if changed else r.kept_target
             out.append(((sentence, edited, t), (edited, sentence, t)))
             made += 1
@@ -169,6 +185,22 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
         out.append(((sentence, sentence, r.kept_target),) * 2)
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     return out
+
+
+WORD_LIST_RULES = ("antonym", "entity", "synonym")  # the rules max_edits_per_change spreads
+
+
+def edit_change(original: str, edited: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What an edit changed: the words taken out and put in (lower case), e.g. (('near',), ('close', 'to'))."""
+    a = [w.lower() for w in WORD.findall(original)]
+    b = [w.lower() for w in WORD.findall(edited)]
+    out: list[str] = []
+    put: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            out += a[i1:i2]
+            put += b[j1:j2]
+    return tuple(out), tuple(put)
 
 
 _NEGATORS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "n't", "nor", "without"})

@@ -63,6 +63,29 @@ def test_kept_edits_per_rule_sets_the_meaning_preserving_count_alone():
         train.Recipe(kept_edits_per_rule=-1)
 
 
+def test_edit_change_names_the_words_out_and_in():
+    assert train.edit_change("A dog is near the water.", "A dog is close to the water.") == (("near",), ("close", "to"))
+    assert train.edit_change("The Man said so.", "The Guy said so.") == (("man",), ("guy",))
+    assert train.edit_change("Same.", "Same.") == ((), ())
+
+
+def test_max_edits_per_change_spreads_word_list_edits():
+    # every sentence offers one synonym swap only ('big' -> 'large'): with a cap of 2, two of them
+    rows = [{"a": f"The big house number {i} is red.", "b": f"A house {i}.", "source": "sick2014",
+             "similarity": 0.5, "entailment": "NEUTRAL"} for i in range(12)]
+    r = train.Recipe(edits_per_rule=8, identity_pairs=0, max_edits_per_change=2)
+    pairs = train.build_examples(rows, r, random.Random(0))[len(rows):]
+    changes = collections.Counter(train.edit_change(a, b) for (a, b, t), _ in pairs if t == r.kept_target)
+    assert changes[(("big",), ("large",))] == 2
+    uncapped = train.build_examples(rows, train.Recipe(edits_per_rule=8, identity_pairs=0), random.Random(0))
+    assert sum(train.edit_change(a, b) == (("big",), ("large",)) for (a, b, _), _ in uncapped) > 2
+    # rules without a word list (number swaps here) are not capped
+    numbers = [p for p in pairs if any(ch.isdigit() for ch in "".join(train.edit_change(p[0][0], p[0][1])[1]))]
+    assert len(numbers) == 8
+    with pytest.raises(ValueError, match="max_edits_per_change"):
+        train.Recipe(max_edits_per_change=0)
+
+
 def test_shipped_recipe_loads(tmp_path):
     from rewardrt.models import model_dir
 
