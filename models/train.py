@@ -1,9 +1,9 @@
 """Training recipe of the default reward model (``rewardrt train`` / ``make model``).
 
-Starts from the packaged all-MiniLM-L6-v2 (or, with ``init_from``, from an earlier run's checkpoint),
-trains the top encoder layers and the mean⊕max head with
-MSE on 0..1 answer-equivalence targets built from ../shared/data/pairs-train.jsonl plus rule-based
-minimal edits, selects the epoch on pairs-dev.jsonl, and writes a full checkpoint in the
+Starts from the packaged all-MiniLM-L6-v2 (or, with ``init_from``, from an earlier run's
+checkpoint), trains the top encoder layers and the mean⊕max head with MSE on 0..1
+answer-equivalence targets built from ../shared/data/pairs-train.jsonl plus rule-based minimal
+edits, selects the epoch on pairs-dev.jsonl, and writes a full checkpoint in the
 neuraltxt-reward-tiny layout. Everything is seeded; the wall time goes into the run log.
 """
 
@@ -103,14 +103,16 @@ class Recipe:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_edits_per_change is not None and (not isinstance(self.max_edits_per_change, int)
                                                       or self.max_edits_per_change < 1):
-            raise ValueError(f"max_edits_per_change must be a positive int or null, got {self.max_edits_per_change!r}")
+            raise ValueError("max_edits_per_change must be a positive int or null, "
+                             f"got {self.max_edits_per_change!r}")
         for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
             raise ValueError(f"max_dev_confound must be in [0, 1], got {self.max_dev_confound}")
         if self.max_dev_synonym_noticed is not None and not 0 <= self.max_dev_synonym_noticed <= 1:
-            raise ValueError(f"max_dev_synonym_noticed must be in [0, 1] or null, got {self.max_dev_synonym_noticed}")
+            raise ValueError("max_dev_synonym_noticed must be in [0, 1] or null, "
+                             f"got {self.max_dev_synonym_noticed}")
         if self.kept_edits_per_rule is not None and (not isinstance(self.kept_edits_per_rule, int)
                                                      or self.kept_edits_per_rule < 0):
             raise ValueError(f"kept_edits_per_rule must be an int >= 0 or null, got {self.kept_edits_per_rule!r}")
@@ -392,9 +394,9 @@ def _start_from(checkpoint: Path, base: Path) -> RewardNet:
 
     files = locate(checkpoint)
     for name in ("config.json", "vocab.txt", "tokenizer.json"):
-        if json_or_text(files.root / name) != json_or_text(base / name):
-            raise CheckpointError(f"init_from {str(checkpoint)!r}: its {name} differs from the packaged base's; "
-                                  "a run can only continue a checkpoint of the same base model")
+        if _json_or_text(files.root / name) != _json_or_text(base / name):
+            raise CheckpointError(f"init_from {str(checkpoint)!r}: its {name} differs from the packaged "
+                                  "base's; a run can only continue a checkpoint of the same base model")
     encoder = load_encoder(files.root)
     head = make_head(encoder.config.hidden_size)
     head.load_state_dict(load_head_state(files, encoder.config.hidden_size))
@@ -402,7 +404,7 @@ def _start_from(checkpoint: Path, base: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-def json_or_text(path: Path):
+def _json_or_text(path: Path):
     """A file's content for comparison: parsed JSON (key order and spacing do not matter) or text."""
     text = path.read_text(encoding="utf-8")
     return json.loads(text) if path.suffix == ".json" else text
