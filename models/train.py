@@ -64,11 +64,12 @@ class Recipe:
     edits_per_rule: int = 2500         # contrastive minimal-edit pairs per rule (each in both orders)
     kept_edits_per_rule: int | None = None  # ... for the meaning-preserving rules (synonym, filler,
                                             # reorder); None: edits_per_rule
-    max_edits_per_change: int | None = None  # at most this many edits of a word-list rule (antonym,
-                                       # entity, synonym swaps) make the same change (same words out and
-                                       # in, any case): spreads its edits over the word list instead of
-                                       # the corpus's most frequent words (v3's 250 synonym swaps:
-                                       # 'said'->'stated' 38 times, 'running'->'jogging' 3); None: no limit
+    max_edits_per_change: int | None = None  # at most this many edits of a word-list rule (those in
+                                       # spread_rules) make the same change (same words out and in, any
+                                       # case): spreads its edits over the word list instead of the
+                                       # corpus's most frequent words (v3's 250 synonym swaps: 'said'->
+                                       # 'stated' 38 times, 'running'->'jogging' 3); None: no limit
+    spread_rules: tuple[str, ...] = ("antonym", "entity", "synonym")  # the rules it applies to
     identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
     alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
                                        # previous epoch's (both orders over two epochs, half the steps)
@@ -105,6 +106,11 @@ class Recipe:
                                                       or self.max_edits_per_change < 1):
             raise ValueError("max_edits_per_change must be a positive int or null, "
                              f"got {self.max_edits_per_change!r}")
+        self.spread_rules = tuple(self.spread_rules)
+        unknown = set(self.spread_rules) - {"antonym", "entity", "synonym"}
+        if unknown:
+            raise ValueError(f"spread_rules may name antonym, entity, synonym (the word-list rules); "
+                             f"got {sorted(unknown)}")
         for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -174,7 +180,7 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
             edited = rule(sentence, rng)
             if edited is None or edited == sentence:
                 continue
-            if r.max_edits_per_change is not None and name in WORD_LIST_RULES:
+            if r.max_edits_per_change is not None and name in r.spread_rules:
                 key = edit_change(sentence, edited)
                 if per_change[key] >= r.max_edits_per_change:
                     continue
@@ -187,9 +193,6 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
         out.append(((sentence, sentence, r.kept_target),) * 2)
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     return out
-
-
-WORD_LIST_RULES = ("antonym", "entity", "synonym")  # the rules max_edits_per_change spreads
 
 
 def edit_change(original: str, edited: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

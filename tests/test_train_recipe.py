@@ -83,8 +83,15 @@ def test_max_edits_per_change_spreads_word_list_edits():
     # rules without a word list (number swaps here) are not capped
     numbers = [p for p in pairs if any(ch.isdigit() for ch in "".join(train.edit_change(p[0][0], p[0][1])[1]))]
     assert len(numbers) == 8
+    # a rule left out of spread_rules is not capped
+    only_antonyms = train.Recipe(edits_per_rule=8, identity_pairs=0, max_edits_per_change=2,
+                                 spread_rules=["antonym"])
+    pairs = train.build_examples(rows, only_antonyms, random.Random(0))[len(rows):]
+    assert sum(train.edit_change(a, b) == (("big",), ("large",)) for (a, b, _), _ in pairs) > 2
     with pytest.raises(ValueError, match="max_edits_per_change"):
         train.Recipe(max_edits_per_change=0)
+    with pytest.raises(ValueError, match="spread_rules"):
+        train.Recipe(spread_rules=["negation"])
 
 
 def test_shipped_recipe_loads(tmp_path):
