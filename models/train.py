@@ -30,6 +30,9 @@ from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
 
+# the edit rules that draw their changes from a word list (runtime/edits.py)
+WORD_LIST_RULES = ("antonym", "entity", "synonym")
+
 
 @dataclass
 class Recipe:
@@ -69,7 +72,7 @@ class Recipe:
                                        # case): spreads its edits over the word list instead of the
                                        # corpus's most frequent words (v3's 250 synonym swaps: 'said'->
                                        # 'stated' 38 times, 'running'->'jogging' 3); None: no limit
-    spread_rules: tuple[str, ...] = ("antonym", "entity", "synonym")  # the rules it applies to
+    spread_rules: tuple[str, ...] = WORD_LIST_RULES  # the rules it applies to
     identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
     alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
                                        # previous epoch's (both orders over two epochs, half the steps)
@@ -107,9 +110,9 @@ class Recipe:
             raise ValueError("max_edits_per_change must be a positive int or null, "
                              f"got {self.max_edits_per_change!r}")
         self.spread_rules = tuple(self.spread_rules)
-        unknown = set(self.spread_rules) - {"antonym", "entity", "synonym"}
+        unknown = set(self.spread_rules) - set(WORD_LIST_RULES)
         if unknown:
-            raise ValueError(f"spread_rules may name antonym, entity, synonym (the word-list rules); "
+            raise ValueError(f"spread_rules may name {', '.join(WORD_LIST_RULES)} (the word-list rules); "
                              f"got {sorted(unknown)}")
         for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
             if getattr(self, name) < 0:
