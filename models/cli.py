@@ -15,6 +15,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default=str(model_dir() / "recipe.json"))
     p.add_argument("--out", default=f".artifacts/{DEFAULT_MODEL_NAME}",
                    help="run folder: checkpoint/ and train_log.json are written here")
+    p.add_argument("--cpus", type=int, default=None,
+                   help="a soup recipe trains its runs side by side while their threads fit in this many "
+                        "CPUs (default: all); no effect on the weights")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("pack", help="store a trained checkpoint as a delta over the packaged base")
@@ -40,9 +43,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from rewardrt.models.soup import is_soup, train_soup
     from rewardrt.models.train import train
 
+    if args.cpus is not None and args.cpus < 1:
+        raise SystemExit(f"rewardrt train: --cpus must be >= 1, got {args.cpus}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if is_soup(args.recipe):
+        summary = train_soup(args.recipe, args.out, args.cpus)
+        runs = ", ".join(f"{n} step {s['selected_step']}" for n, s in summary["runs"].items())
+        print(f"averaged {runs}; wall time {summary['wall_time_s']:.0f} s; "
+              f"checkpoint in {Path(args.out) / 'checkpoint'}")
+        return 0
     summary = train(args.recipe, args.out)
     print(f"selected epoch {summary['selected_epoch']}, wall time {summary['wall_time_s']:.0f} s; "
           f"checkpoint in {Path(args.out) / 'checkpoint'}")

@@ -133,12 +133,14 @@ class Recipe:
             raise ValueError(f"trainable_layers must be 1..6, got {self.trainable_layers}")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path, overrides: dict | None = None) -> "Recipe":
+        """The recipe in ``path``, with the fields in ``overrides`` replaced (a soup run's ``set``)."""
         data = json.loads(Path(path).read_text())
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"recipe {path} has unknown keys {sorted(unknown)}")
-        return cls(**data)
+        for what, keys in (("keys", data), ("overrides", overrides or {})):
+            unknown = set(keys) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"recipe {path} has unknown {what} {sorted(unknown)}")
+        return cls(**{**data, **(overrides or {})})
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -409,10 +411,10 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-def train(recipe_path: str | Path, out_dir: str | Path) -> dict:
+def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
-    r = Recipe.load(recipe_path)
+    r = Recipe.load(recipe_path, overrides)
     recipe_dir = Path(recipe_path).resolve().parent
     resolve = lambda p: (recipe_dir / p).resolve() if not Path(p).is_absolute() else Path(p)  # noqa: E731
     out_dir = Path(out_dir)

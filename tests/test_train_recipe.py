@@ -97,8 +97,16 @@ def test_max_edits_per_change_spreads_word_list_edits():
 def test_shipped_recipe_loads(tmp_path):
     from rewardrt.models import model_dir
 
-    recipe = train.Recipe.load(model_dir() / "recipe.json")
-    assert recipe.trainable_layers <= 6
+    from rewardrt.models.soup import SoupRecipe, is_soup
+
+    path = model_dir() / "recipe.json"
+    if is_soup(path):  # an average of trained runs
+        soup = SoupRecipe.load(path)
+        assert sum(soup.average.values()) == pytest.approx(1.0)
+        recipes = [train.Recipe.load(soup.folder / run.recipe, run.set) for run in soup.runs]
+    else:
+        recipes = [train.Recipe.load(path)]
+    assert all(r.trainable_layers <= 6 for r in recipes)
     bad = tmp_path / "r.json"
     bad.write_text(json.dumps({"epochs": 1, "nonsense": 2}))
     with pytest.raises(ValueError, match="nonsense"):
@@ -110,7 +118,12 @@ def test_trial_recipes_load_and_point_at_the_shared_data():
 
     trials = sorted((Path(__file__).parents[1] / "models" / "equiv-minilm-l6" / "trials").glob("*.json"))
     assert trials
+    from rewardrt.models.soup import SoupRecipe, is_soup
+
     for path in trials:
+        if is_soup(path):
+            SoupRecipe.load(path)  # its runs' recipes are trials too, checked here themselves
+            continue
         r = train.Recipe.load(path)
         assert (path.parent / r.train_data).resolve().name == "pairs-train.jsonl"
         assert (path.parent / r.train_data).resolve().exists(), path
@@ -295,3 +308,59 @@ def test_init_from_must_share_the_base(tmp_path):
     (other / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     with pytest.raises(CheckpointError, match="init_from .*vocab.txt"):
         _tiny_run(tmp_path, "second", init_from=str(other))
+
+
+def _soup_files(tmp_path, runs, average):
+    (tmp_path / "a.json").write_text(json.dumps({"epochs": 1}))
+    (tmp_path / "soup.json").write_text(json.dumps({"runs": runs, "average": average}))
+    return tmp_path / "soup.json"
+
+
+def test_soup_recipe_loads_and_names_what_is_wrong(tmp_path):
+    soup = pytest.importorskip("rewardrt.models.soup")
+    ok = [{"name": "a", "recipe": "a.json", "set": {"stop_after_steps": 5}},
+          {"name": "b", "recipe": "a.json", "init_from_run": "a"}]
+    recipe = soup.SoupRecipe.load(_soup_files(tmp_path, ok, {"a": 1, "b": 3}))
+    assert recipe.average == {"a": 0.25, "b": 0.75} and recipe.runs[0].set == {"stop_after_steps": 5}
+    assert soup.is_soup(tmp_path / "soup.json") and not soup.is_soup(tmp_path / "a.json")
+    bad = [
+        (ok, {"c": 1}, "'c', which is not a run"),
+        (ok, {"a": 0}, "weight of 'a'"),
+        (ok, {"a": True}, "weight of 'a'"),
+        ([ok[1], ok[0]], {"a": 1}, "must be an earlier run"),
+        ([ok[0], ok[0]], {"a": 1}, "used twice"),
+        ([{"name": "a", "recipe": "missing.json"}], {"a": 1}, "no recipe file 'missing.json'"),
+        ([{"name": "a", "recipe": "a.json", "set": {"nonsense": 1}}], {"a": 1}, "unknown overrides.*nonsense"),
+        ([{"name": "a", "recipe": "a.json", "set": {"trainable_layers": 9}}], {"a": 1}, "trainable_layers"),
+        ([{"name": "a"}], {"a": 1}, r"runs\[0\] must be an object with 'name' and 'recipe'"),
+    ]
+    for runs, average, message in bad:
+        with pytest.raises(ValueError, match=message):
+            soup.SoupRecipe.load(_soup_files(tmp_path, runs, average))
+
+
+def test_average_checkpoints_keeps_untrained_tensors_and_rounds_like_a_release(tmp_path):
+    torch = pytest.importorskip("torch")
+    soup = pytest.importorskip("rewardrt.models.soup")
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    frozen = torch.randn(4, 3, generator=g)
+    members = {}
+    for name, w in (("a", 0.3), ("b", 0.7)):
+        d = tmp_path / name
+        d.mkdir()
+        trained = torch.randn(5, generator=g).half().float()
+        save_file({"frozen": frozen, "trained": trained}, str(d / "model.safetensors"))
+        torch.save({"1.weight": torch.randn(1, 6, generator=g), "1.bias": torch.tensor([0.1])}, d / "head_weights.pt")
+        members[d] = w
+    enc, head = soup.average_checkpoints(members, "float16")
+    a, b = (torch.load(d / "head_weights.pt") for d in members)
+    assert torch.equal(enc["frozen"], frozen)  # bit-identical in every member: not re-summed
+    from safetensors.torch import load_file
+    ta, tb = (load_file(str(d / "model.safetensors"))["trained"] for d in members)
+    assert torch.equal(enc["trained"], (0.3 * ta + 0.7 * tb).half().float())
+    assert enc["trained"].dtype == torch.float32
+    assert torch.allclose(head["1.weight"], 0.3 * a["1.weight"] + 0.7 * b["1.weight"])
+    exact, _ = soup.average_checkpoints(members, "float32")
+    assert torch.allclose(exact["trained"], 0.3 * ta + 0.7 * tb) and not torch.equal(exact["trained"], enc["trained"])

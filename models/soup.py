@@ -1,0 +1,225 @@
+"""A recipe made of several training runs whose weights are averaged (a "model soup").
+
+The soup recipe (JSON) names its runs, each a training recipe (``rewardrt.models.train``) with
+optional field overrides, optionally started from an earlier run's checkpoint; and the weight of
+each run in the average:
+
+    {"runs": [{"name": "a", "recipe": "trials/a.json", "set": {"stop_after_steps": 750}},
+              {"name": "b", "recipe": "trials/b.json"},
+              {"name": "c", "recipe": "trials/c.json", "init_from_run": "b"}],
+     "average": {"a": 0.3, "c": 0.7}}
+
+``train_soup`` trains the runs into ``OUT/runs/NAME/`` (several at once when their ``threads`` fit
+in the CPUs given; a run whose ``train_log.json`` already records the same recipe is reused, so an
+interrupted build resumes), averages the selected checkpoints into ``OUT/checkpoint`` and logs the
+average's dev metrics to ``OUT/train_log.json``. Each run is seeded and single-process, so its
+weights do not depend on what runs beside it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    name: str
+    recipe: str                      # a training recipe, relative to the soup recipe's folder
+    set: dict = field(default_factory=dict)   # overrides of that recipe's fields
+    init_from_run: str | None = None  # start from this (earlier) run's selected checkpoint
+
+
+@dataclass
+class SoupRecipe:
+    runs: list[Run]
+    average: dict[str, float]         # run name -> weight (> 0); normalised to sum 1
+    folder: Path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SoupRecipe":
+        from rewardrt.models.train import Recipe
+
+        path = Path(path)
+        data = json.loads(path.read_text())
+        unknown = set(data) - {"runs", "average"}
+        if unknown:
+            raise ValueError(f"soup recipe {path} has unknown keys {sorted(unknown)}")
+        if not isinstance(data.get("runs"), list) or not data["runs"]:
+            raise ValueError(f"soup recipe {path}: 'runs' must be a non-empty list")
+        runs, seen = [], set()
+        for i, entry in enumerate(data["runs"]):
+            if not isinstance(entry, dict) or set(entry) - set(Run.__dataclass_fields__) or "name" not in entry \
+                    or "recipe" not in entry:
+                raise ValueError(f"soup recipe {path}: runs[{i}] must be an object with 'name' and 'recipe' "
+                                 f"(and optionally 'set', 'init_from_run'), got {entry!r}")
+            run = Run(**entry)
+            if run.name in seen:
+                raise ValueError(f"soup recipe {path}: run name {run.name!r} is used twice")
+            if run.init_from_run is not None and run.init_from_run not in seen:
+                raise ValueError(f"soup recipe {path}: run {run.name!r} starts from {run.init_from_run!r}, "
+                                 "which must be an earlier run")
+            if not (path.parent / run.recipe).is_file():
+                raise ValueError(f"soup recipe {path}: run {run.name!r}: no recipe file {run.recipe!r}")
+            if "init_from" in run.set and run.init_from_run is not None:
+                raise ValueError(f"soup recipe {path}: run {run.name!r} sets both init_from and init_from_run")
+            Recipe.load(path.parent / run.recipe, run.set)  # unknown or invalid fields fail here
+            seen.add(run.name)
+            runs.append(run)
+        average = data.get("average")
+        if not isinstance(average, dict) or not average:
+            raise ValueError(f"soup recipe {path}: 'average' must map run names to weights")
+        for name, w in average.items():
+            if name not in seen:
+                raise ValueError(f"soup recipe {path}: 'average' names {name!r}, which is not a run")
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0:
+                raise ValueError(f"soup recipe {path}: the weight of {name!r} must be a number > 0, got {w!r}")
+        total = float(sum(average.values()))
+        return cls(runs, {k: v / total for k, v in average.items()}, path.parent)
+
+
+def is_soup(path: str | Path) -> bool:
+    data = json.loads(Path(path).read_text())
+    return isinstance(data, dict) and "runs" in data
+
+
+def average_checkpoints(members: dict[Path, float], precision: str = "float32"):
+    """(encoder tensors, head) averaged with the given weights (summing to 1). A tensor every member
+    has bit-identical (one no run trained) is kept as it is; the others are averaged in float32 and
+    rounded to ``precision`` like a training run's released weights, so the delta stays lossless."""
+    import torch
+    from safetensors.torch import load_file
+
+    if precision not in ("float32", "float16"):
+        raise ValueError(f"precision must be 'float32' or 'float16', got {precision!r}")
+    states = [(load_file(str(d / "model.safetensors")),
+               torch.load(d / "head_weights.pt", map_location="cpu", weights_only=True), w)
+              for d, w in members.items()]
+    first = states[0][0]
+    for (st, _, _), d in zip(states[1:], list(members)[1:]):
+        if set(st) != set(first):
+            raise ValueError(f"{d} does not hold the same tensors as {next(iter(members))}")
+
+    def mix(tensors_weights):
+        tensors = [t for t, _ in tensors_weights]
+        if all(torch.equal(t, tensors[0]) for t in tensors[1:]):
+            return tensors[0]
+        out = sum(w * t.float() for t, w in tensors_weights)
+        return out.to(torch.float16).float() if precision == "float16" else out
+
+    encoder = {k: mix([(st[k], w) for st, _, w in states]).to(first[k].dtype) for k in first}
+    head = {k: sum(w * h[k].float() for _, h, w in states) for k in states[0][1]}
+    return encoder, head
+
+
+def _member_recipe(run: Run, out: Path) -> dict:
+    overrides = dict(run.set)
+    if run.init_from_run is not None:
+        overrides["init_from"] = str((out / "runs" / run.init_from_run / "checkpoint").resolve())
+    return overrides
+
+
+def _effective(recipe_path: Path, overrides: dict) -> dict:
+    from rewardrt.models.train import Recipe
+
+    return json.loads(json.dumps(asdict(Recipe.load(recipe_path, overrides))))
+
+
+def _done(run_dir: Path, effective: dict) -> bool:
+    """Whether ``run_dir`` holds a finished run of exactly this recipe (resume)."""
+    try:
+        logged = json.loads((run_dir / "train_log.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return logged.get("recipe") == effective and (run_dir / "checkpoint" / "model.safetensors").is_file()
+
+
+def _train_member(recipe_path: str, run_dir: str, overrides: dict, name: str) -> dict:
+    """One run, in its own process (spawned: torch's thread pools do not survive a fork)."""
+    from rewardrt.models.train import train
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    handlers = [logging.StreamHandler(), logging.FileHandler(Path(run_dir) / "train.log", mode="w")]
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", handlers=handlers,
+                        force=True)
+    return train(recipe_path, run_dir, overrides)
+
+
+def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = None) -> dict:
+    from transformers import AutoTokenizer
+
+    from rewardrt.models.base import base_model_dir, write_checkpoint
+    from rewardrt.models.train import Recipe, _start_from, dev_metrics, read_pairs
+
+    soup = SoupRecipe.load(recipe_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cpus = cpus or os.cpu_count() or 1
+    if cpus < 1:
+        raise ValueError(f"cpus must be >= 1, got {cpus}")
+    t0 = time.time()
+    plans = {}
+    for run in soup.runs:
+        path = soup.folder / run.recipe
+        overrides = _member_recipe(run, out)
+        plans[run.name] = (run, path, overrides, Recipe.load(path, overrides).threads)
+    finished: dict[str, dict] = {}
+    for name, (run, path, overrides, _) in plans.items():
+        run_dir = out / "runs" / name
+        if _done(run_dir, _effective(path, overrides)):
+            log.info("run %s: reusing the finished run in %s", name, run_dir)
+            finished[name] = json.loads((run_dir / "train_log.json").read_text())
+    pending = [n for n in plans if n not in finished]
+    running: dict[cf.Future, str] = {}
+    with cf.ProcessPoolExecutor(max_workers=min(cpus, max(1, len(pending))),
+                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            busy = sum(plans[n][3] for n in running.values())
+            for name in list(pending):
+                run, path, overrides, threads = plans[name]
+                if run.init_from_run is not None and run.init_from_run not in finished:
+                    continue
+                if running and busy + threads > cpus:
+                    continue
+                log.info("run %s: training (%d thread%s) into %s", name, threads, "s" * (threads > 1),
+                         out / "runs" / name)
+                fut = pool.submit(_train_member, str(path), str(out / "runs" / name), overrides, name)
+                running[fut] = name
+                busy += threads
+                pending.remove(name)
+            if not running:
+                raise RuntimeError(f"soup runs {pending} cannot start")  # unreachable: load() orders them
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                name = running.pop(fut)
+                # a failed run raises here, once the runs beside it have finished (their logs make
+                # them reusable by the next attempt); runs not yet started are not started
+                finished[name] = fut.result()
+                log.info("run %s: done, selected step %s, %.0f s", name, finished[name]["selected_step"],
+                         finished[name]["wall_time_s"])
+    members = {(out / "runs" / n / "checkpoint"): w for n, w in soup.average.items()}
+    precisions = {finished[n]["recipe"]["release_precision"] for n in soup.average}
+    precision = "float16" if precisions == {"float16"} else "float32"
+    encoder, head = average_checkpoints(members, precision)
+    write_checkpoint(encoder, head, out / "checkpoint", base_model_dir())
+    first = plans[next(iter(soup.average))]
+    dev_path = Recipe.load(first[1], first[2]).dev_data
+    dev = read_pairs((first[1].parent / dev_path).resolve())
+    net = _start_from(out / "checkpoint").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir()), local_files_only=True)
+    metrics = dev_metrics(net, tokenizer, dev, synonym_control=True)
+    log.info("dev of the average: %s", json.dumps(metrics))
+    summary = {"soup": {"runs": [asdict(r) for r in soup.runs], "average": soup.average},
+               "runs": {n: {"selected_step": s["selected_step"], "wall_time_s": s["wall_time_s"],
+                            "threads": s["threads"]} for n, s in finished.items()},
+               "dev": metrics, "wall_time_s": round(time.time() - t0, 1)}
+    (out / "train_log.json").write_text(json.dumps(summary, indent=2))
+    return summary
