@@ -174,6 +174,8 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     finished: dict[str, dict] = {}
     for name, (run, path, overrides, _) in plans.items():
         run_dir = out / "runs" / name
+        if run.init_from_run is not None and run.init_from_run not in finished:
+            continue  # its start is retrained, so it is too (its own recipe names only the path)
         if _done(run_dir, _effective(path, overrides)):
             log.info("run %s: reusing the finished run in %s", name, run_dir)
             finished[name] = json.loads((run_dir / "train_log.json").read_text())

@@ -364,3 +364,44 @@ def test_average_checkpoints_keeps_untrained_tensors_and_rounds_like_a_release(t
     assert torch.allclose(head["1.weight"], 0.3 * a["1.weight"] + 0.7 * b["1.weight"])
     exact, _ = soup.average_checkpoints(members, "float32")
     assert torch.allclose(exact["trained"], 0.3 * ta + 0.7 * tb) and not torch.equal(exact["trained"], enc["trained"])
+
+
+@pytest.mark.slow
+def test_train_soup_trains_in_order_resumes_and_averages(tmp_path, caplog):
+    torch = pytest.importorskip("torch")
+    soup = pytest.importorskip("rewardrt.models.soup")
+    from safetensors.torch import load_file
+
+    rows = _rows() + _sts_rows(8) + [
+        {"a": "A woman is slicing an onion.", "b": "A woman cuts an onion.", "source": "sick2014",
+         "similarity": 0.95, "entailment": "ENTAILMENT"},
+        {"a": "Shares fell 5 percent on Monday.", "b": "Shares dropped 5 percent on Monday.", "source": "msrp",
+         "similarity": 1.0, "paraphrase": 1},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    small = {"train_data": "pairs.jsonl", "dev_data": "pairs.jsonl", "trainable_layers": 1, "epochs": 1,
+             "batch_size": 4, "max_length": 32, "edits_per_rule": 1, "threads": 1, "release_precision": "float16"}
+    (tmp_path / "a.json").write_text(json.dumps(small))
+    (tmp_path / "b.json").write_text(json.dumps({**small, "seed": 14, "lr_encoder": 1e-5}))
+    (tmp_path / "soup.json").write_text(json.dumps({
+        "runs": [{"name": "a", "recipe": "a.json", "set": {"stop_after_steps": 2}},
+                 {"name": "b", "recipe": "b.json", "set": {"stop_after_steps": 1}, "init_from_run": "a"}],
+        "average": {"a": 1, "b": 3}}))
+    out = tmp_path / "out"
+    first = soup.train_soup(tmp_path / "soup.json", out, cpus=2)
+    assert {n: s["selected_step"] for n, s in first["runs"].items()} == {"a": 2, "b": 1}
+    assert "starting from " + str((out / "runs" / "a" / "checkpoint").resolve()) in \
+        (out / "runs" / "b" / "train.log").read_text()
+    expected, head = soup.average_checkpoints({out / "runs" / "a" / "checkpoint": 0.25,
+                                               out / "runs" / "b" / "checkpoint": 0.75}, "float16")
+    got = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert set(json.loads((out / "train_log.json").read_text())["dev"]) >= {"confound", "selection"}
+
+    caplog.set_level("INFO", logger="rewardrt.models.soup")
+    soup.train_soup(tmp_path / "soup.json", out)  # nothing changed: both runs reused
+    assert "run a: reusing" in caplog.text and "run b: reusing" in caplog.text
+    caplog.clear()
+    (tmp_path / "a.json").write_text(json.dumps({**small, "seed": 7}))  # a changes, so b's start does
+    soup.train_soup(tmp_path / "soup.json", out)
+    assert "reusing" not in caplog.text and "run b: training" in caplog.text
