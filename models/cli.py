@@ -48,6 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.cpus is not None and args.cpus < 1:
         raise SystemExit(f"rewardrt train: --cpus must be >= 1, got {args.cpus}")
+    if not Path(args.recipe).is_file():
+        raise SystemExit(f"rewardrt train: --recipe {args.recipe!r} is not a file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if is_soup(args.recipe):
         summary = train_soup(args.recipe, args.out, args.cpus)

@@ -162,7 +162,8 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     soup = SoupRecipe.load(recipe_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cpus = cpus or os.cpu_count() or 1
+    if cpus is None:
+        cpus = os.cpu_count() or 1
     if cpus < 1:
         raise ValueError(f"cpus must be >= 1, got {cpus}")
     t0 = time.time()
