@@ -127,19 +127,13 @@ def _member_recipe(run: Run, out: Path) -> dict:
     return overrides
 
 
-def _effective(recipe_path: Path, overrides: dict) -> dict:
-    from rewardrt.models.train import Recipe
-
-    return json.loads(json.dumps(asdict(Recipe.load(recipe_path, overrides))))
-
-
-def _done(run_dir: Path, effective: dict) -> bool:
+def _done(run_dir: Path, recipe) -> bool:
     """Whether ``run_dir`` holds a finished run of exactly this recipe (resume)."""
     try:
         logged = json.loads((run_dir / "train_log.json").read_text())
     except (OSError, ValueError):
         return False
-    return logged.get("recipe") == effective and (run_dir / "checkpoint" / "model.safetensors").is_file()
+    return logged.get("recipe") == json.loads(json.dumps(asdict(recipe))) and (run_dir / "checkpoint" / "model.safetensors").is_file()
 
 
 def _train_member(recipe_path: str, run_dir: str, overrides: dict, name: str) -> dict:
@@ -171,13 +165,13 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     for run in soup.runs:
         path = soup.folder / run.recipe
         overrides = _member_recipe(run, out)
-        plans[run.name] = (run, path, overrides, Recipe.load(path, overrides).threads)
+        plans[run.name] = (run, path, overrides, Recipe.load(path, overrides))
     finished: dict[str, dict] = {}
-    for name, (run, path, overrides, _) in plans.items():
+    for name, (run, _, _, recipe) in plans.items():
         run_dir = out / "runs" / name
         if run.init_from_run is not None and run.init_from_run not in finished:
             continue  # its start is retrained, so it is too (its own recipe names only the path)
-        if _done(run_dir, _effective(path, overrides)):
+        if _done(run_dir, recipe):
             log.info("run %s: reusing the finished run in %s", name, run_dir)
             finished[name] = json.loads((run_dir / "train_log.json").read_text())
     pending = [n for n in plans if n not in finished]
@@ -185,9 +179,10 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     with cf.ProcessPoolExecutor(max_workers=min(cpus, max(1, len(pending))),
                                 mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
-            busy = sum(plans[n][3] for n in running.values())
+            busy = sum(plans[n][3].threads for n in running.values())
             for name in list(pending):
-                run, path, overrides, threads = plans[name]
+                run, path, overrides, recipe = plans[name]
+                threads = recipe.threads
                 if run.init_from_run is not None and run.init_from_run not in finished:
                     continue
                 if running and busy + threads > cpus:
@@ -209,13 +204,12 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
                 log.info("run %s: done, selected step %s, %.0f s", name, finished[name]["selected_step"],
                          finished[name]["wall_time_s"])
     members = {(out / "runs" / n / "checkpoint"): w for n, w in soup.average.items()}
-    precisions = {finished[n]["recipe"]["release_precision"] for n in soup.average}
+    precisions = {plans[n][3].release_precision for n in soup.average}
     precision = "float16" if precisions == {"float16"} else "float32"
     encoder, head = average_checkpoints(members, precision)
     write_checkpoint(encoder, head, out / "checkpoint", base_model_dir())
-    first = plans[next(iter(soup.average))]
-    dev_path = Recipe.load(first[1], first[2]).dev_data
-    dev = read_pairs((first[1].parent / dev_path).resolve())
+    _, first_path, _, first = plans[next(iter(soup.average))]
+    dev = read_pairs((first_path.parent / first.dev_data).resolve())
     net = _start_from(out / "checkpoint").eval()
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir()), local_files_only=True)
     metrics = dev_metrics(net, tokenizer, dev, synonym_control=True)
