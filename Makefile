@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first (a local file here); any other spec pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# upstream neural-txt, the reference of `rewardrt crosscheck` and of the upstream parity tests:
+	# its reward class needs only torch, transformers and pydantic; --no-deps skips the text-generation
+	# stack (outlines) the rest of the package pulls in
+	$(BIN)/pip install -q --no-deps neural-txt==0.1.7
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,5 @@
-"""``rewardrt bench``: registered here, implemented in rewardrt.bench.suite."""
+"""``rewardrt bench`` (implemented in rewardrt.bench.suite) and ``rewardrt crosscheck``
+(rewardrt.bench.crosscheck), registered here."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: $REWARDRT_DATA or ../shared/data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    from rewardrt.bench import crosscheck
+
+    crosscheck.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -86,3 +86,18 @@ def dev_pairs(data_dir):
 
     rows = [json.loads(line) for line in open(data_dir / "pairs-dev.jsonl", encoding="utf-8")]
     return [r["a"] for r in rows[::7]], [r["b"] for r in rows[::7]]
+
+
+@pytest.fixture(scope="session")
+def minilm_shaped_checkpoint(tmp_path_factory) -> Path:
+    """One random layer at MiniLM's width (hidden 384, so the head is Linear(768, 1)): upstream
+    neural-txt builds its head at that size whatever the checkpoint says."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt384") / "tiny384", hidden=384, layers=1, heads=12,
+                           seed=3)
+
+
+@pytest.fixture(scope="session")
+def minilm_shaped_fp32(minilm_shaped_checkpoint, tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("fp32-384") / "tiny384.fp32.onnx"
+    _export(minilm_shaped_checkpoint, out, "fp32", data_dir)
+    return out
