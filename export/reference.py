@@ -59,16 +59,21 @@ def make_head(hidden_size: int) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * hidden_size, 1))
 
 
-def load_encoder(checkpoint_dir: str | Path) -> nn.Module:
-    """The checkpoint's encoder in eval mode, loaded locally with no remote code."""
+def load_encoder(checkpoint_dir: str | Path, attn_implementation: str | None = "eager") -> nn.Module:
+    """The checkpoint's encoder in eval mode, loaded locally with no remote code.
+
+    ``attn_implementation``: "eager" (default) writes attention out as matmul/softmax, the form the
+    ONNX export traces and onnxruntime fuses; None keeps transformers' default (SDPA), which is how
+    upstream ``NeuralTxtReward`` loads it and so what the bench times as the torch reference (the
+    same scores to float rounding; on RL-shaped batches SDPA is much faster on CPU)."""
     from transformers import AutoModel
 
     files = locate(checkpoint_dir, require_head=False)
     read_config(files)
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     try:
         encoder = AutoModel.from_pretrained(
-            str(files.root), local_files_only=True, trust_remote_code=False,
-            attn_implementation="eager",
+            str(files.root), local_files_only=True, trust_remote_code=False, **attn,
         )
     except Exception as exc:
         raise CheckpointError(
@@ -87,9 +92,11 @@ def load_tokenizer(checkpoint_dir: str | Path):
 
 
 class TorchReward:
-    """neural-txt's ``NeuralTxtReward`` on a local checkpoint, CPU, fp32 eager, no network."""
+    """neural-txt's ``NeuralTxtReward`` on a local checkpoint, CPU, fp32, no network
+    (``attn_implementation``: see :func:`load_encoder`)."""
 
-    def __init__(self, checkpoint_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(self, checkpoint_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH,
+                 attn_implementation: str | None = "eager") -> None:
         files = locate(checkpoint_dir)
         config = read_config(files)
         self.checkpoint = files
@@ -98,7 +105,7 @@ class TorchReward:
         self.tokenizer = load_tokenizer(files.root)
         head = make_head(config["hidden_size"])
         head.load_state_dict(load_head_state(files, config["hidden_size"]))
-        self.net = RewardNet(load_encoder(files.root), head).eval()
+        self.net = RewardNet(load_encoder(files.root, attn_implementation), head).eval()
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(

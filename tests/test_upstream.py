@@ -44,6 +44,17 @@ def test_score_and_rank_semantics_match_upstream(minilm_shaped_checkpoint, minil
         upstream.batch_score(RESPONSES, refs, batch_size=3), abs=1e-5)
 
 
+def test_bench_reference_loads_attention_as_upstream(minilm_shaped_checkpoint):
+    # the bench times its torch reference as the speed baseline: it must run the encoder the way
+    # upstream does (transformers' default attention), not the eager form the export traces
+    from rewardrt.bench.engines import REFERENCE, EngineSpec, TorchEngine
+
+    upstream = NeuralTxtReward(model_path=str(minilm_shaped_checkpoint))
+    engine = TorchEngine(EngineSpec(REFERENCE, "torch", str(minilm_shaped_checkpoint)), threads=1)
+    assert engine.model.net.encoder.config._attn_implementation == upstream.encoder.config._attn_implementation
+    assert TorchReward(minilm_shaped_checkpoint).net.encoder.config._attn_implementation == "eager"
+
+
 def test_crosscheck_refuses_an_artifact_of_another_checkpoint(minilm_shaped_checkpoint, tiny_fp32, capsys):
     from rewardrt.cli import main
 
