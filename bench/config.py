@@ -22,7 +22,7 @@ class BenchPlan:
     batches: tuple[int, ...]         # throughput: the caller's batch size
     throughput_pairs: int            # dev pairs per batch size per round (at least one call of each size)
     rl_steps: int                    # RL steps per round, one batch_score call each
-    rl_groups: int                   # GRPO groups (of 8 samples sharing a reference) per step
+    rl_groups: int                   # GRPO groups (of 8 samples sharing a reference) per step (8: a batch of 64)
     cold_repeats: int                # fresh processes per engine
     fidelity_pairs: int | None       # dev pairs scored by every engine (None: all of them)
     swap_per_rule: int               # one-word-swap probes per edit rule
@@ -49,7 +49,7 @@ QUICK = BenchPlan(
 FULL = BenchPlan(
     mode="full", rounds=4, lengths=(32, 64, 128, 256, 512), latency_calls=8, latency_dev_calls=48,
     batches=(8, 32, 64),
-    throughput_pairs=128, rl_steps=1, rl_groups=4, cold_repeats=3, fidelity_pairs=None,
+    throughput_pairs=128, rl_steps=1, rl_groups=8, cold_repeats=3, fidelity_pairs=None,
     # the CLI's default calibration size (ExportConfig.calibration_size), so "exported here" is the
     # plan `rewardrt export --precision int8` gives: with 256 pairs the search can land elsewhere
     swap_per_rule=300, warmup_pairs=64, export_validation=None, export_calibration=512,

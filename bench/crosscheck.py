@@ -32,7 +32,6 @@ from dataclasses import replace
 from pathlib import Path
 
 UPSTREAM, REWARDRT = "neural-txt", "rewardrt"
-RL_GROUPS = 8      # GRPO groups of GROUP_SIZE samples per step: 64 samples, one batch_score call
 RL_BATCH = 64
 INDEPENDENCE_PAIRS = 64
 NEURALTXT_HINT = "pip install --no-deps neural-txt==0.1.7 (its reward class needs torch, transformers, pydantic)"
@@ -97,7 +96,7 @@ def _sets(checkpoint: Path, data_dir: Path, rl_steps: int, fidelity_pairs: int |
     from rewardrt.bench.workloads import LATENCY_DEV, TokenCounter, build, read_dev
 
     rows = read_dev(data_dir)
-    plan = replace(FULL, lengths=(32,), latency_calls=1, rl_steps=rl_steps, rl_groups=RL_GROUPS,
+    plan = replace(FULL, lengths=(32,), latency_calls=1, rl_steps=rl_steps,
                    fidelity_pairs=fidelity_pairs, swap_per_rule=1)
     w = build(rows, TokenCounter(checkpoint / "tokenizer.json"), plan)
     return {"latency": w.sets[LATENCY_DEV], "rl": w.sets["rl"]["steps"], "fidelity": w.sets["fidelity"],
