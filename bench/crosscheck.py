@@ -187,6 +187,19 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _positive(option: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be a positive int, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from rewardrt.bench.config import argparse_type, parse_rounds, parse_threads
 
@@ -202,9 +215,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated thread counts (default: 1,2)")
     p.add_argument("--rounds", type=argparse_type(parse_rounds), default=3,
                    help="rounds per thread count (default: %(default)s)")
-    p.add_argument("--rl-steps", type=argparse_type(parse_rounds), default=2,
+    p.add_argument("--rl-steps", type=_positive("--rl-steps"), default=2,
                    help="RL steps of 64 samples per round (default: %(default)s)")
-    p.add_argument("--fidelity-pairs", type=argparse_type(parse_rounds), default=None,
+    p.add_argument("--fidelity-pairs", type=_positive("--fidelity-pairs"), default=None,
                    help="dev pairs for the fidelity check (default: all)")
     p.add_argument("--data-dir", default=None, help="folder with pairs-dev.jsonl (default: $REWARDRT_DATA or "
                    "../shared/data)")

@@ -65,6 +65,26 @@ def test_crosscheck_refuses_an_artifact_of_another_checkpoint(minilm_shaped_chec
     assert "--artifact" in err and "was not exported from --checkpoint" in err
 
 
+@pytest.mark.parametrize("args, named", [(["--rl-steps", "0"], "--rl-steps"), (["--fidelity-pairs", "x"], "--fidelity-pairs"),
+                                          (["--threads", "0"], "--threads"), (["--rounds", "-1"], "--rounds")])
+def test_crosscheck_bad_options_name_the_option(args, named, tmp_path, capsys):
+    from rewardrt.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["crosscheck", "--checkpoint", str(tmp_path), "--artifact", str(tmp_path / "m.onnx"), *args])
+    assert exc.value.code == 2
+    assert f"{named} must be" in capsys.readouterr().err
+
+
+def test_crosscheck_missing_inputs_name_the_argument(tmp_path, capsys):
+    from rewardrt.cli import main
+
+    assert main(["crosscheck", "--checkpoint", str(tmp_path / "none"), "--artifact", "m.onnx"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(["crosscheck", "--checkpoint", str(tmp_path), "--artifact", str(tmp_path / "m.onnx")]) == 2
+    assert "--artifact" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_crosscheck_runs_both_sides_end_to_end(minilm_shaped_checkpoint, minilm_shaped_fp32, tmp_path):
     out = tmp_path / "crosscheck.json"
