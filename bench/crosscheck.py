@@ -243,9 +243,8 @@ def check_inputs(checkpoint: Path, artifact: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardrt.export.pairs import find_data_dir
-
     from rewardrt.export.errors import ExportError
+    from rewardrt.export.pairs import find_data_dir
     from rewardrt.runtime.spec import ArtifactError
 
     checkpoint, artifact = Path(args.checkpoint), Path(args.artifact)
