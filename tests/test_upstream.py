@@ -47,10 +47,16 @@ def test_score_and_rank_semantics_match_upstream(minilm_shaped_checkpoint, minil
 def test_bench_reference_loads_attention_as_upstream(minilm_shaped_checkpoint):
     # the bench times its torch reference as the speed baseline: it must run the encoder the way
     # upstream does (transformers' default attention), not the eager form the export traces
-    from rewardrt.bench.engines import REFERENCE, EngineSpec, TorchEngine
+    import torch
+
+    from rewardrt.bench.engines import REFERENCE as REFERENCE_ENGINE, EngineSpec, TorchEngine
 
     upstream = NeuralTxtReward(model_path=str(minilm_shaped_checkpoint))
-    engine = TorchEngine(EngineSpec(REFERENCE, "torch", str(minilm_shaped_checkpoint)), threads=1)
+    threads = torch.get_num_threads()  # the engine sets torch's thread count for this process
+    try:
+        engine = TorchEngine(EngineSpec(REFERENCE_ENGINE, "torch", str(minilm_shaped_checkpoint)), threads=1)
+    finally:
+        torch.set_num_threads(threads)
     assert engine.model.net.encoder.config._attn_implementation == upstream.encoder.config._attn_implementation
     assert TorchReward(minilm_shaped_checkpoint).net.encoder.config._attn_implementation == "eager"
 
