@@ -249,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint, artifact = Path(args.checkpoint), Path(args.artifact)
     try:
+        if args.out and not Path(args.out).resolve().parent.is_dir():
+            raise FileNotFoundError(f"--out {args.out!r}: its folder does not exist")
         check_inputs(checkpoint, artifact)
         data_dir = find_data_dir(args.data_dir)
     except (ValueError, FileNotFoundError, ExportError, ArtifactError) as exc:

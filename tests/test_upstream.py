@@ -89,6 +89,9 @@ def test_crosscheck_missing_inputs_name_the_argument(tmp_path, capsys):
     assert "--checkpoint" in capsys.readouterr().err
     assert main(["crosscheck", "--checkpoint", str(tmp_path), "--artifact", str(tmp_path / "m.onnx")]) == 2
     assert "--artifact" in capsys.readouterr().err
+    assert main(["crosscheck", "--checkpoint", str(tmp_path), "--artifact", str(tmp_path / "m.onnx"),
+                 "--out", str(tmp_path / "no" / "such" / "summary.json")]) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 @pytest.mark.slow
