@@ -73,14 +73,19 @@ def parse_threads(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-def parse_rounds(text: str | int) -> int:
+def parse_positive(text: str | int, option: str) -> int:
+    """A positive int, or a ValueError naming ``option``."""
     try:
         value = int(text)
     except (TypeError, ValueError):
         value = 0
     if value < 1:
-        raise ValueError(f"--rounds must be a positive int, got {text!r}")
+        raise ValueError(f"{option} must be a positive int, got {text!r}")
     return value
+
+
+def parse_rounds(text: str | int) -> int:
+    return parse_positive(text, "--rounds")
 
 
 def argparse_type(parser):

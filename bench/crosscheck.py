@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -106,10 +105,12 @@ def _sets(checkpoint: Path, data_dir: Path, rl_steps: int, fidelity_pairs: int |
 def _spawn(job: dict, workdir: Path, tag: str) -> dict:
     job_path, result_path, log_path = (workdir / f"{tag}.{x}" for x in ("job.json", "result.json", "log"))
     job_path.write_text(json.dumps(job), encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    from rewardrt.bench.runner import worker_env
+
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.run([sys.executable, "-m", "rewardrt.bench.crosscheck", "--worker", str(job_path),
-                               "--result", str(result_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                               "--result", str(result_path)], stdout=log, stderr=subprocess.STDOUT,
+                              env=worker_env())
     if proc.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         raise WorkerFailed(f"the {job['engine']} worker failed (exit {proc.returncode}):\n" + "\n".join(tail))
@@ -187,21 +188,14 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive(option: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{option} must be a positive int, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rewardrt.bench.config import argparse_type, parse_rounds, parse_threads
+    from rewardrt.bench.config import argparse_type, parse_positive, parse_rounds, parse_threads
+
+    def positive(option: str):
+        def parse_count(text: str) -> int:
+            return parse_positive(text, option)
+
+        return argparse_type(parse_count)
 
     p = sub.add_parser(
         "crosscheck", help="side by side: upstream neural-txt vs RewardModel on one checkpoint (needs [bench])",
@@ -215,9 +209,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated thread counts (default: 1,2)")
     p.add_argument("--rounds", type=argparse_type(parse_rounds), default=3,
                    help="rounds per thread count (default: %(default)s)")
-    p.add_argument("--rl-steps", type=_positive("--rl-steps"), default=2,
+    p.add_argument("--rl-steps", type=positive("--rl-steps"), default=2,
                    help="RL steps of 64 samples per round (default: %(default)s)")
-    p.add_argument("--fidelity-pairs", type=_positive("--fidelity-pairs"), default=None,
+    p.add_argument("--fidelity-pairs", type=positive("--fidelity-pairs"), default=None,
                    help="dev pairs for the fidelity check (default: all)")
     p.add_argument("--data-dir", default=None, help="folder with pairs-dev.jsonl (default: $REWARDRT_DATA or "
                    "../shared/data)")
