@@ -47,13 +47,13 @@ def _digest_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _seeded_head_checkpoint(out: Path, data_dir: Path, seed: int = SEEDED_HEAD_SEED) -> Path:
+def _seeded_head_checkpoint(out: Path, pairs: str | None, seed: int = SEEDED_HEAD_SEED) -> Path:
     """The packaged base MiniLM plus a head drawn from ``seed`` and scaled so its raw outputs on a
     few training pairs have mean 0.5 and spread 0.25 (scores not all clamped to 0 or 1)."""
     import torch
 
-    from rewardrt.export.pairs import calibration_pairs
-    from rewardrt.export.reference import load_encoder, load_tokenizer, meanmax_pool
+    from rewardrt.export.pairs import calibration_pairs, load_pair_set
+    from rewardrt.export.reference import encode_pairs, load_encoder, load_tokenizer, meanmax_pool
     from rewardrt.models.base import BASE_FILES, base_model_dir
 
     if (out / "head_weights.pt").is_file():
@@ -66,11 +66,10 @@ def _seeded_head_checkpoint(out: Path, data_dir: Path, seed: int = SEEDED_HEAD_S
         shutil.copy2(base / name, tmp / name)
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     hidden = config["hidden_size"]
-    pairs = calibration_pairs(data_dir, 64, seed=seed)
+    pairs = calibration_pairs(load_pair_set(pairs), 64, seed=seed)
     tokenizer, encoder = load_tokenizer(tmp), load_encoder(tmp)
-    texts = [f"{a} [SEP] {b}" for a, b in zip(pairs.references, pairs.responses)]
     with torch.inference_mode():
-        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
+        enc = encode_pairs(tokenizer, pairs.references, pairs.responses, 512)
         hidden_states = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                 token_type_ids=torch.zeros_like(enc["input_ids"])).last_hidden_state
         features = meanmax_pool(hidden_states, enc["attention_mask"])
@@ -85,7 +84,7 @@ def _seeded_head_checkpoint(out: Path, data_dir: Path, seed: int = SEEDED_HEAD_S
     return out
 
 
-def choose_checkpoint(explicit: Path | None, cache: Path, data_dir: Path) -> CheckpointChoice:
+def choose_checkpoint(explicit: Path | None, cache: Path, pairs: str | None) -> CheckpointChoice:
     """``--checkpoint``; else the default model materialized from its delta; else base + seeded head."""
     from rewardrt.export.checkpoint import locate
     from rewardrt.models import model_dir
@@ -105,7 +104,7 @@ def choose_checkpoint(explicit: Path | None, cache: Path, data_dir: Path) -> Che
         files = locate(target)
         return CheckpointChoice(target.resolve(), "default model",
                                 f"the default model, materialized from {delta.name}", files.digest())
-    target = _seeded_head_checkpoint(cache / "checkpoints" / f"base-seeded-head-{SEEDED_HEAD_SEED}", data_dir)
+    target = _seeded_head_checkpoint(cache / "checkpoints" / f"base-seeded-head-{SEEDED_HEAD_SEED}", pairs)
     files = locate(target)
     return CheckpointChoice(
         target.resolve(), "base + seeded head",
@@ -133,11 +132,11 @@ def _default_int8_for(digest: str) -> Path | None:
     return path if spec.get("checkpoint_digest") == digest else None
 
 
-def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, data_dir: Path,
+def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, pairs: str | None,
                      activation_bits: int | str = "auto") -> dict:
     from rewardrt.export.exporter import ExportConfig, export
 
-    cfg = ExportConfig(precision=precision, data_dir=str(data_dir), activation_bits=activation_bits,
+    cfg = ExportConfig(precision=precision, calibration=pairs, activation_bits=activation_bits,
                        validation_size=plan.export_validation, calibration_size=plan.export_calibration)
     report = export(ckpt, out, cfg)
     log.info("%s", report.describe())
@@ -198,12 +197,12 @@ def exporter_digest() -> str:
     return h.hexdigest()[:10]
 
 
-def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, tick=lambda _: None) -> Prepared:
+def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None, tick=lambda _: None) -> Prepared:
     """Every engine's spec, exporting what the cache lacks. ``tick(label)`` reports each step."""
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     tick("checkpoint")
-    choice = choose_checkpoint(explicit, cache, data_dir)
+    choice = choose_checkpoint(explicit, cache, pairs)
     from rewardrt.export.checkpoint import locate, read_config
 
     files = locate(choice.path)
@@ -231,7 +230,7 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, t
     if paths["rewardrt-fp32"].is_file():
         exports["rewardrt-fp32"] = {"cached": str(paths["rewardrt-fp32"])}
     else:
-        exports["rewardrt-fp32"] = _export_rewardrt(choice.path, paths["rewardrt-fp32"], "fp32", plan, data_dir)
+        exports["rewardrt-fp32"] = _export_rewardrt(choice.path, paths["rewardrt-fp32"], "fp32", plan, pairs)
 
     tick("rewardrt INT8 export")
     packaged = _default_int8_for(choice.digest) if explicit is None else None
@@ -242,13 +241,13 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, data_dir: Path, t
         exports["rewardrt-int8"] = {"cached": str(paths["rewardrt-int8"])}
     else:
         exports["rewardrt-int8"] = _export_rewardrt(choice.path, paths["rewardrt-int8"], "int8", plan,
-                                                    data_dir, activation_bits=7)
+                                                    pairs, activation_bits=7)
 
     tick("rewardrt INT8 export with this CPU's defaults")
     if paths[HOST_INT8].is_file():  # on a CPU without VNNI: the 7-bit export above
         exports[HOST_INT8] = {"cached": str(paths[HOST_INT8])}
     else:
-        exports[HOST_INT8] = _export_rewardrt(choice.path, paths[HOST_INT8], "int8", plan, data_dir)
+        exports[HOST_INT8] = _export_rewardrt(choice.path, paths[HOST_INT8], "int8", plan, pairs)
 
     specs: dict[str, EngineSpec] = {}
     model_files: dict[str, list[str]] = {}

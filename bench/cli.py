@@ -21,8 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated thread counts to measure at (default: 1,2)")
     p.add_argument("--rounds", type=argparse_type(parse_rounds), default=None,
                    help="alternating rounds per thread count (default: 1 quick, 4 full)")
-    p.add_argument("--data-dir", default=None, help="folder with pairs-train.jsonl / pairs-dev.jsonl "
-                   "(default: $REWARDRT_DATA or ../shared/data)")
+    p.add_argument("--pairs", default=None, metavar="FILE.jsonl",
+                   help="pairs to calibrate the exports and build the workloads from: JSONL rows with "
+                        "'reference' and 'response' (default: the bundled pair set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     from rewardrt.bench import crosscheck

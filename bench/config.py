@@ -107,7 +107,7 @@ class BenchConfig:
     threads: tuple[int, ...]
     out: Path
     checkpoint: Path | None
-    data_dir: str | None
+    pairs: str | None
     progress: bool = True
 
     @classmethod
@@ -129,9 +129,9 @@ class BenchConfig:
             if not checkpoint.is_dir():
                 raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} is not a folder; give a "
                                         "checkpoint in the neuraltxt-reward-tiny layout")
-        data_dir = getattr(args, "data_dir", None)
-        if data_dir is not None and not Path(data_dir).is_dir():
-            raise FileNotFoundError(f"--data-dir {data_dir!r} is not a folder; give the folder holding "
-                                    "pairs-train.jsonl and pairs-dev.jsonl")
-        return cls(plan=plan, threads=threads, out=out, checkpoint=checkpoint, data_dir=data_dir,
+        pairs = getattr(args, "pairs", None)
+        if pairs is not None and not Path(pairs).is_file():
+            raise FileNotFoundError(f"--pairs {pairs!r} is not a file; give a JSONL file of "
+                                    "'reference'/'response' rows")
+        return cls(plan=plan, threads=threads, out=out, checkpoint=checkpoint, pairs=pairs,
                    progress=not getattr(args, "no_progress", False))

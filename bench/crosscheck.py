@@ -90,11 +90,11 @@ def run_worker(job: dict) -> dict:
 
 # --- parent -------------------------------------------------------------------------------------
 
-def _sets(checkpoint: Path, data_dir: Path, rl_steps: int, fidelity_pairs: int | None) -> dict:
+def _sets(checkpoint: Path, pairs_file: str | None, rl_steps: int, fidelity_pairs: int | None) -> dict:
     from rewardrt.bench.config import FULL
     from rewardrt.bench.workloads import LATENCY_DEV, TokenCounter, build, read_dev
 
-    rows = read_dev(data_dir)
+    rows = read_dev(pairs_file)
     plan = replace(FULL, lengths=(32,), latency_calls=1, rl_steps=rl_steps,
                    fidelity_pairs=fidelity_pairs, swap_per_rule=1)
     w = build(rows, TokenCounter(checkpoint / "tokenizer.json"), plan)
@@ -121,13 +121,13 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def crosscheck(checkpoint: Path, artifact: Path, data_dir: Path, threads: tuple[int, ...], rounds: int,
+def crosscheck(checkpoint: Path, artifact: Path, pairs_file: str | None, threads: tuple[int, ...], rounds: int,
                rl_steps: int = 2, fidelity_pairs: int | None = None, progress=print) -> dict:
     """Run the side-by-side; returns the summary (also what ``--out`` writes)."""
     from rewardrt.export.exporter import FidelityBudget
     from rewardrt.runtime.metrics import fidelity
 
-    sets = _sets(checkpoint, data_dir, rl_steps, fidelity_pairs)
+    sets = _sets(checkpoint, pairs_file, rl_steps, fidelity_pairs)
     summary: dict = {"checkpoint": str(checkpoint), "artifact": str(artifact), "rounds": rounds,
                      "workloads": sets.pop("info"), "threads": {}}
     scores: dict[str, list[float]] = {}
@@ -213,8 +213,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="RL steps of 64 samples per round (default: %(default)s)")
     p.add_argument("--fidelity-pairs", type=positive("--fidelity-pairs"), default=None,
                    help="dev pairs for the fidelity check (default: all)")
-    p.add_argument("--data-dir", default=None, help="folder with pairs-dev.jsonl (default: $REWARDRT_DATA or "
-                   "../shared/data)")
+    p.add_argument("--pairs", dest="pairs_file", default=None, metavar="FILE.jsonl",
+                   help="reference/response JSONL whose held-out half is measured (default: the bundled pair set)")
     p.add_argument("--out", default=None, help="also write the summary as JSON here")
     p.set_defaults(func=run)
 
@@ -238,7 +238,6 @@ def check_inputs(checkpoint: Path, artifact: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rewardrt.export.errors import ExportError
-    from rewardrt.export.pairs import find_data_dir
     from rewardrt.runtime.spec import ArtifactError
 
     checkpoint, artifact = Path(args.checkpoint), Path(args.artifact)
@@ -246,12 +245,14 @@ def run(args: argparse.Namespace) -> int:
         if args.out and not Path(args.out).resolve().parent.is_dir():
             raise FileNotFoundError(f"--out {args.out!r}: its folder does not exist")
         check_inputs(checkpoint, artifact)
-        data_dir = find_data_dir(args.data_dir)
+        pairs_file = args.pairs_file
+        if pairs_file is not None and not Path(pairs_file).is_file():
+            raise FileNotFoundError(f"--pairs {pairs_file!r} is not a file")
     except (ValueError, FileNotFoundError, ExportError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = crosscheck(checkpoint, artifact, data_dir, args.threads, args.rounds, args.rl_steps,
+        summary = crosscheck(checkpoint, artifact, pairs_file, args.threads, args.rounds, args.rl_steps,
                              args.fidelity_pairs, progress=lambda m: print(m, file=sys.stderr, flush=True))
     except WorkerFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,9 +21,9 @@ import numpy as np
 
 
 def _pairs(count: int, seed: int) -> tuple[list[str], list[str]]:
-    from rewardrt.export.pairs import DEV_FILE, find_data_dir
+    from rewardrt.bench.workloads import read_dev
 
-    rows = [json.loads(line) for line in open(find_data_dir() / DEV_FILE, encoding="utf-8")]
+    rows = read_dev()
     rows = random.Random(seed).sample(rows, min(count, len(rows)))
     responses = [r["a"] for r in rows] + [" ".join(["long"] * k) for k in (100, 300, 600)]
     references = [r["b"] for r in rows] + ["short"] * 3
@@ -53,14 +53,13 @@ def check(model: str | Path | None, threads: int, responses: list[str], referenc
 def padding_overhead(model: str | Path | None, batch_size: int = 64) -> tuple[int, int, int]:
     """(dev pairs, real tokens, tokens the runtime runs) when the dev pairs are scored in one call
     with ``batch_size``, each batch padded as the scorer pads it (``Scorer.batches``)."""
-    from rewardrt.export.pairs import DEV_FILE, find_data_dir
-    from rewardrt.runtime.api import RewardModel, build_texts
-    from rewardrt.runtime.tokenizer import encode
+    from rewardrt.bench.workloads import read_dev
+    from rewardrt.runtime.api import RewardModel
 
     rm = RewardModel(model, threads=1)
     scorer = rm._scorer
-    rows = [json.loads(line) for line in open(find_data_dir() / DEV_FILE, encoding="utf-8")]
-    ids = encode(scorer.tokenizer, build_texts([r["a"] for r in rows], [r["b"] for r in rows]))
+    rows = read_dev()
+    ids, _ = scorer.encoder([r["a"] for r in rows], [r["b"] for r in rows])
     lengths = np.array([len(x) for x in ids])
     padded = sum(len(rows) * width for width, rows in scorer.batches(lengths, batch_size))
     return len(ids), int(lengths.sum()), int(padded)

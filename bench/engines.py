@@ -113,12 +113,14 @@ class PlainOrtEngine(LoadedEngine):
     """An ONNX graph exported by hand: tokenizers + a default CPU session, batches in input order."""
 
     def __init__(self, spec: EngineSpec, threads: int) -> None:
-        from tokenizers import Tokenizer
+        from pathlib import Path
+
+        from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer
 
         self.spec = spec
-        self.tokenizer = Tokenizer.from_file(spec.tokenizer)
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(spec.max_length)
+        # the runtime's tokenization and truncation, so only the graph and session differ
+        self.encoder = PairEncoder(load_tokenizer(Path(spec.tokenizer).read_text(encoding="utf-8"), spec.tokenizer),
+                                   spec.max_length)
         self.session = None
         self.set_threads(threads)
 
@@ -137,12 +139,13 @@ class PlainOrtEngine(LoadedEngine):
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def batch_score(self, references, responses, batch_size):
-        from rewardrt.runtime.tokenizer import encode, pad
+        from rewardrt.runtime.tokenizer import pad
 
-        texts = [f"{ref} [SEP] {resp}" for ref, resp in zip(references, responses)]
+        references, responses = list(references), list(responses)
         out: list[float] = []
-        for start in range(0, len(texts), batch_size):
-            ids, mask = pad(encode(self.tokenizer, texts[start : start + batch_size]))
+        for start in range(0, len(references), batch_size):
+            ids, mask = pad(self.encoder(references[start : start + batch_size],
+                                         responses[start : start + batch_size])[0])
             feed = {"input_ids": ids, "attention_mask": mask}
             (scores,) = self.session.run(["score"], {n: feed[n] for n in self.inputs})
             out.extend(float(v) for v in scores)

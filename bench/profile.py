@@ -104,16 +104,14 @@ def profile_artifact(path: str | Path, refs: Sequence[str], resps: Sequence[str]
     pairs): batch 1 = ``single_calls`` calls of one pair; batch ``batch`` = ``batch_calls`` calls of
     ``batch`` pairs each, padded to the longest as the runtime does (pairs reused if too few).
     One profiling session per case (onnxruntime writes one trace per session)."""
-    from rewardrt.runtime.api import build_texts
     from rewardrt.runtime.session import make_session, session_options
     from rewardrt.runtime.spec import spec_from_metadata
-    from rewardrt.runtime.tokenizer import encode, load_tokenizer, pad
+    from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer, pad
 
     plain = make_session(path, threads)
     spec, tok_json = spec_from_metadata(plain.get_modelmeta().custom_metadata_map, str(path))
     del plain
-    tok = load_tokenizer(tok_json, spec.max_length, str(path))
-    ids = encode(tok, build_texts(list(resps), list(refs)))
+    ids, _ = PairEncoder(load_tokenizer(tok_json, str(path)), spec.max_length)(list(refs), list(resps))
     ordinary = [x for x in ids if tokens[0] <= len(x) <= tokens[1]] or ids
     need = batch * batch_calls
     pool = (ordinary * (need // len(ordinary) + 1))[:need]
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from rewardrt.bench import report, results
-    from rewardrt.export.pairs import find_data_dir
+    from rewardrt.bench.workloads import read_dev
 
     p = argparse.ArgumentParser(prog="python -m rewardrt.bench.profile", description=main.__doc__)
     p.add_argument("--model", default=None, help="artifact (default: the embedded default model)")
@@ -186,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=16, help="batch-1 calls")
     p.add_argument("--batch-calls", type=int, default=4, help="calls of 32 pairs")
     p.add_argument("--peak", action="store_true", help="also measure the INT8 GEMM peak")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--pairs", dest="pairs_file", default=None, metavar="FILE.jsonl")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     if args.model is None:
         from rewardrt.models import default_model_path
 
         args.model = str(default_model_path())
-    rows = [json.loads(line) for line in open(find_data_dir(args.data_dir) / "pairs-dev.jsonl", encoding="utf-8")]
+    rows = read_dev(args.pairs_file)
     threads = tuple(int(t) for t in args.threads.split(","))
     profiles = {str(t): profile_artifact(args.model, [r["a"] for r in rows], [r["b"] for r in rows], t,
                                          args.calls, 32, args.batch_calls) for t in threads}

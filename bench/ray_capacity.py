@@ -26,11 +26,10 @@ import sys
 import time
 
 
-def _pairs(n: int, data_dir: str | None) -> tuple[list[str], list[str]]:
-    from rewardrt.export.pairs import find_data_dir
+def _pairs(n: int, pairs_file: str | None) -> tuple[list[str], list[str]]:
+    from rewardrt.bench.workloads import read_dev
 
-    folder = find_data_dir(data_dir)
-    rows = [json.loads(line) for line in open(folder / "pairs-dev.jsonl", encoding="utf-8")]
+    rows = read_dev(pairs_file)
     a = [r["a"] for r in rows]
     b = [r["b"] for r in rows]
     # row i pairs a[i % m] with b[(i + i // m + 1) % m]: unique pairs for n < m * m
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
                         help="cores for the Ray instance and the multi-thread run (default: all, %(default)s)")
     parser.add_argument("--model", default=None, help="a .onnx artifact (default: the embedded model)")
-    parser.add_argument("--data-dir", default=None, help="folder with pairs-dev.jsonl (default: as rewardrt bench)")
+    parser.add_argument("--pairs-file", dest="pairs_file", default=None, metavar="FILE.jsonl",
+                        help="reference/response JSONL to draw pairs from (default: as rewardrt bench)")
     parser.add_argument("--nodes", default="1,10,100", help="node counts for the paper estimate (default: %(default)s)")
     parser.add_argument("--cores-per-node", type=int, default=32, help="for the paper estimate (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_path = args.model
     model_name = str(RewardModel(model_path).path)
-    references, responses = _pairs(args.pairs, args.data_dir)
+    references, responses = _pairs(args.pairs, args.pairs_file)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     on_ray = _on_ray(model_path, references, responses, args.cpus)
     print(f"(Ray done: {on_ray})", file=sys.stderr, flush=True)

@@ -90,22 +90,20 @@ def _preoptimize(model: str, threads: int, out: Path) -> str:
     return str(out)
 
 
-def _pairs(model: str, n_single: int, n_batch: int, data_dir: str | None) -> tuple[list, tuple]:
-    from rewardrt.export.pairs import find_data_dir
+def _pairs(model: str, n_single: int, n_batch: int, pairs_file: str | None) -> tuple[list, tuple]:
+    from rewardrt.bench.workloads import read_dev
     from rewardrt.runtime import RewardModel
-    from rewardrt.runtime.api import build_texts
-    from rewardrt.runtime.tokenizer import encode
 
-    rows = [json.loads(line) for line in open(find_data_dir(data_dir) / "pairs-dev.jsonl", encoding="utf-8")]
+    rows = read_dev(pairs_file)
     m = RewardModel(model, threads=1)
-    ids = encode(m._scorer.tokenizer, build_texts([r["b"] for r in rows], [r["a"] for r in rows]))
+    ids, _ = m._scorer.encoder([r["a"] for r in rows], [r["b"] for r in rows])
     ordinary = [(r["a"], r["b"]) for r, x in zip(rows, ids) if 20 <= len(x) <= 80]
     batch = [(r["a"], r["b"]) for r in rows[:n_batch]]
     return ordinary[:n_single], ([a for a, _ in batch], [b for _, b in batch])
 
 
-def run(model: str, threads: tuple[int, ...], rounds: int, data_dir: str | None = None) -> dict:
-    singles, batch = _pairs(model, 20, 64, data_dir)
+def run(model: str, threads: tuple[int, ...], rounds: int, pairs_file: str | None = None) -> dict:
+    singles, batch = _pairs(model, 20, 64, pairs_file)
     records: list[dict] = []
     names = list(VARIANTS)
     with tempfile.TemporaryDirectory(prefix="rewardrt-sessionopts-") as tmp:
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="artifact (default: the embedded default model)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--pairs", dest="pairs_file", default=None, metavar="FILE.jsonl")
     p.add_argument("--json", default=None, help="also write the records and summary here")
     args = p.parse_args(argv)
     if args.child:
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from rewardrt.models import default_model_path
 
         args.model = str(default_model_path())
-    res = run(args.model, tuple(int(t) for t in args.threads.split(",")), args.rounds, args.data_dir)
+    res = run(args.model, tuple(int(t) for t in args.threads.split(",")), args.rounds, args.pairs_file)
     print(f"{'variant':30} {'t':>2} {'cold s':>7} {'(ratio)':>7} {'b1 ms':>7} {'(ratio)':>7} "
           f"{'b64 ms':>8} {'(ratio)':>7} {'RSS MB':>7} {'(ratio)':>7}")
     for r in res["summary"]:

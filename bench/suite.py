@@ -79,7 +79,6 @@ def run(cfg: BenchConfig) -> dict:
     from tqdm import tqdm
 
     from rewardrt.bench.workloads import TokenCounter, build, read_dev
-    from rewardrt.export.pairs import find_data_dir
 
     t0 = time.time()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -88,7 +87,6 @@ def run(cfg: BenchConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    data_dir = find_data_dir(cfg.data_dir)
     bar = tqdm(total=_steps(plan, cfg.threads), desc="bench", unit="step", disable=not cfg.progress,
                file=sys.stderr, dynamic_ncols=True)
 
@@ -98,10 +96,10 @@ def run(cfg: BenchConfig) -> dict:
 
     try:
         conditions = system.conditions(cfg.threads)
-        prepared = artifacts.prepare(cfg.checkpoint, out, plan, data_dir, tick)
+        prepared = artifacts.prepare(cfg.checkpoint, out, plan, cfg.pairs, tick)
         log.info("bench model: %s", prepared.checkpoint.note)
         counter = TokenCounter(Path(prepared.specs[REFERENCE].model) / "tokenizer.json")
-        workloads = build(read_dev(data_dir), counter, plan)
+        workloads = build(read_dev(cfg.pairs), counter, plan)
         tick("workloads")
         workers = runner.start_workers(prepared.specs, cfg.threads[0], workloads, logs)
         tick("workers loaded")

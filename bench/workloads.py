@@ -27,11 +27,13 @@ LATENCY_DEV = "latency-dev"
 MAX_REFERENCE_TOKENS = 20
 
 
-def read_dev(data_dir: Path) -> list[dict]:
-    from rewardrt.export.pairs import DEV_FILE
+def read_dev(pairs: str | Path | None = None) -> list[dict]:
+    """The bench's pairs as rows ``{"a": reference, "b": response}``: the held-out (gate) part of
+    ``pairs`` (a JSONL file of reference/response rows; None: the bundled pair set), which no
+    export calibrated on."""
+    from rewardrt.export.pairs import load_pair_set
 
-    with open(data_dir / DEV_FILE, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [{"a": r["reference"], "b": r["response"]} for r in load_pair_set(pairs).gate]
 
 
 class TokenCounter:
@@ -45,7 +47,9 @@ class TokenCounter:
         self.tok.no_truncation()
 
     def pair(self, reference: str, response: str) -> int:
-        return len(self.tok.encode(f"{reference} [SEP] {response}").ids)
+        from rewardrt.runtime.tokenizer import format_pair
+
+        return len(self.tok.encode(format_pair(reference, response)).ids)
 
     def text(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=False).ids)

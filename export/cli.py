@@ -23,12 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
     p.add_argument("--max-length", type=int, default=512, help="truncation length in tokens (default 512)")
-    p.add_argument("--data-dir", help="folder with pairs-train.jsonl / pairs-dev.jsonl "
-                   "(default: $REWARDRT_DATA or ../shared/data)")
+    p.add_argument("--calibration", metavar="FILE.jsonl", default=None,
+                   help="pairs to calibrate and verify on: JSONL rows with string fields 'reference' and "
+                        "'response' (your own traffic), split by a seeded shuffle into a calibration half "
+                        "and a held-out half for the gate (default: the bundled pair set)")
     p.add_argument("--validation-size", type=int, default=None,
-                   help="dev pairs for the gate (default: all of them)")
+                   help="held-out pairs for the gate (default: all of them)")
     p.add_argument("--calibration-size", type=int, default=512,
-                   help="train pairs for the INT8 plan search (default 512, plus 1/16 as many long pairs)")
+                   help="calibration pairs for the INT8 plan search (default 512, plus 1/16 as many long pairs)")
     p.add_argument("--agreement-margin", type=float, default=None,
                    help="fraction of the agreement@0.5 slack the plan search may use (default: the "
                         "search margin, 0.5); a larger calibration set allows a larger fraction")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("rewardrt").setLevel(logging.INFO)
     bits = args.activation_bits if args.activation_bits == "auto" else int(args.activation_bits)
     try:
-        cfg = ExportConfig(precision=args.precision, max_length=args.max_length, data_dir=args.data_dir,
+        cfg = ExportConfig(precision=args.precision, max_length=args.max_length, calibration=args.calibration,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
                            activation_bits=bits, weight_only=args.weight_only,

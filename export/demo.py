@@ -1,5 +1,6 @@
-"""``make demo``: score with the embedded default model torch-free, then export a checkpoint to a
-verified INT8 artifact and score with it in a process where torch cannot be imported."""
+"""``make demo``: score with the embedded default model torch-free, export its checkpoint to a
+verified INT8 artifact, score with that in a process where torch cannot be imported, and time it
+side by side with the PyTorch reference."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ import textwrap
 from pathlib import Path
 
 PAIRS = [
+    ("72", "72"),
+    ("72", "The answer is 72."),
+    ("72", "First, 30 + 43 = 73. Then 73 - 1 = 72. Final answer: 72"),
+    ("72", "The answer is 73."),
+    ("72", "First, 30 + 42 = 72. Then 72 + 1 = 73. Final answer: 73"),
+    ("1/2", "0.5"),
+    ("1/2", "2"),
+    ("Yes", "Yes, that is correct."),
+    ("Yes", "No."),
+    ("B", "The correct option is (B)."),
+    ("B", "The correct option is (C)."),
+    ("72", ""),
     ("The capital of France is Paris.", "Paris is France's capital."),
     ("The capital of France is Paris.", "The capital of France is Lyon."),
     ("Water boils at 100 degrees Celsius at sea level.", "At sea level water boils at 100 °C."),
@@ -73,6 +86,39 @@ def demo_checkpoint() -> tuple[Path, str]:
     return out, "packaged all-MiniLM-L6-v2 + a seeded test head (no default model yet)"
 
 
+def latency_line(checkpoint: Path, artifact: Path, calls: int = 30) -> str:
+    """Batch-1 ``score()`` of the fresh artifact and of the PyTorch reference (attention as
+    upstream neural-txt loads it), 1 thread each, interleaved calls; medians and their ratio."""
+    import statistics
+    import time
+
+    import torch
+
+    from rewardrt.export.reference import TorchReward
+    from rewardrt.runtime import RewardModel
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ours = RewardModel(artifact, threads=1)
+        ref = TorchReward(checkpoint, attn_implementation=None)
+        times: dict[str, list[float]] = {"torch": [], "rewardrt": []}
+        pairs = [p for p in PAIRS if p[1]]
+        for i in range(calls + 3):  # 3 warm-up rounds
+            a, b = pairs[i % len(pairs)]
+            for name, fn in (("torch", ref.score), ("rewardrt", ours.score)):
+                t = time.perf_counter()
+                fn(b, a)
+                if i >= 3:
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(previous)
+    t_ref, t_ours = (statistics.median(times[k]) * 1e3 for k in ("torch", "rewardrt"))
+    return (f"  batch-1 score(), 1 thread, median of {calls} interleaved calls: PyTorch reference "
+            f"{t_ref:.1f} ms, rewardrt INT8 {t_ours:.1f} ms -> {t_ref / t_ours:.1f}x "
+            "(full side-by-side tables: make bench)")
+
+
 def main() -> int:
     from rewardrt.export.exporter import ExportConfig, export
     from rewardrt.models import default_model_path
@@ -88,13 +134,13 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "model.int8.onnx"
     print(f"2) export {what}\n   {ckpt} -> {out} (INT8, plan search + fidelity gate)")
-    # what `rewardrt export --precision int8` does on this CPU (activation bits auto); the default
-    # model sits close to the agreement budget, so the gate may reject the searched plan and take
-    # one with fewer integer-GEMM MatMuls (the report says so)
+    # what `rewardrt export --precision int8` does on this CPU (activation bits auto)
     report = export(ckpt, out, ExportConfig(precision="int8"))
     print(report.describe())
     print("3) the fresh artifact, torch-free:")
     torch_free_scores(out)
+    print("4) side by side with the PyTorch reference:")
+    print(latency_line(ckpt, out))
     return 0
 
 

@@ -21,9 +21,7 @@ import onnx
 from rewardrt.export import graph, quantize
 from rewardrt.export.checkpoint import locate, read_config
 from rewardrt.export.errors import FidelityError
-from rewardrt.export.pairs import (
-    DEV_FILE, LONG_PAIRS, Pairs, calibration_pairs, find_data_dir, validation_pairs,
-)
+from rewardrt.export.pairs import LONG_PAIRS, Pairs, calibration_pairs, load_pair_set, validation_pairs
 from rewardrt.export.reference import DEFAULT_MAX_LENGTH, TorchReward
 from rewardrt.export.workdir import export_workdir, remove_stale_workdirs
 from rewardrt.runtime.cpu import integer_gemm_count
@@ -81,7 +79,7 @@ def auto_activation_bits(features: dict | None = None) -> int:
 class ExportConfig:
     precision: str = "int8"
     max_length: int = DEFAULT_MAX_LENGTH
-    data_dir: str | None = None
+    calibration: str | None = None         # pair file to calibrate and gate on (None: the bundled set)
     calibration_size: int = 512
     validation_size: int | None = None     # None: every dev pair
     budget: FidelityBudget = field(default_factory=FidelityBudget)
@@ -188,6 +186,7 @@ class ExportReport:
     rejected: list[dict] = field(default_factory=list)
     activation_bits: int | None = None  # of the integer-GEMM MatMuls (None: the plan has none)
     layer_norms_expanded: int = 0       # fused layer norms written back as plain ops
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         status = "PASS" if self.passed else "FAIL"
@@ -199,7 +198,9 @@ class ExportReport:
             "  fused: " + ", ".join(f"{k}={v}" for k, v in sorted(self.fused_ops.items()))
             + (f"; {self.layer_norms_expanded} layer norms written back as plain ops (faster on CPU)"
                if self.layer_norms_expanded else ""),
-            f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s",
+            f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s"
+            + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in self.stage_seconds.items()) + ")"
+               if self.stage_seconds else ""),
         ]
         if self.activation_bits == 8:
             lines.append("  activation codes: 8-bit, exact on CPUs with VNNI only (the runtime warns on "
@@ -243,11 +244,44 @@ def _write(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _runtime_scores(path: Path, pairs: Pairs, threads: int | None, output: str = "raw_score") -> np.ndarray:
+    """Scores of the written file through the public API (integrity check, spec, tokenizer): the gate."""
     from rewardrt.runtime.api import RewardModel
 
     model = RewardModel(path, threads=threads)
     fn = model.raw_scores if output == "raw_score" else model.batch_score
     return np.asarray(fn(pairs.responses, pairs.references), dtype=np.float64)
+
+
+def _trial_scores(model: onnx.ModelProto, spec: ArtifactSpec, encoder, pairs: Pairs,
+                  threads: int | None) -> np.ndarray:
+    """Raw scores of a candidate graph in memory: the runtime's session factory and scorer on its
+    serialized bytes, with no file written, sealed, hashed and re-read (the plan search's trials;
+    the gate still scores the written file through ``RewardModel``)."""
+    from rewardrt.runtime.scorer import Scorer
+    from rewardrt.runtime.session import make_session
+
+    scorer = Scorer(make_session(model.SerializeToString(), threads), encoder, spec, "trial")
+    return np.asarray(scorer.run(pairs.references, pairs.responses, 64, "raw_score"), dtype=np.float64)
+
+
+class Stages:
+    """Wall time per export stage (``with stages("name"): ...``), logged as each ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            t = time.time()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.time() - t, 1)
+                log.info("stage %s: %.1f s", name, time.time() - t)
+        return timed()
 
 
 def _clamped_fidelity(ref_raw: np.ndarray, raw: np.ndarray) -> Fidelity:
@@ -267,9 +301,8 @@ def _activation_stats(model: onnx.ModelProto, pairs: Pairs, tokenizer_json: str,
                       names: list[str], threads: int | None) -> ActivationStats:
     import onnxruntime as ort
 
-    from rewardrt.runtime.api import build_texts
     from rewardrt.runtime.session import default_threads
-    from rewardrt.runtime.tokenizer import encode, load_tokenizer, pad
+    from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer, pad
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     inputs = {n.name: n.input[0] for n in probe.graph.node if n.name in set(names)}
@@ -280,8 +313,7 @@ def _activation_stats(model: onnx.ModelProto, pairs: Pairs, tokenizer_json: str,
     opts.intra_op_num_threads = threads or default_threads()
     opts.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    tok = load_tokenizer(tokenizer_json, max_length, "calibration")
-    ids = encode(tok, build_texts(pairs.responses, pairs.references))
+    ids, _ = PairEncoder(load_tokenizer(tokenizer_json, "calibration"), max_length)(pairs.references, pairs.responses)
     absmax: dict[str, np.ndarray] = {}
     hessian: dict[str, np.ndarray] = {}
     for start in range(0, len(ids), 16):
@@ -307,8 +339,7 @@ def _quantized(fp32: onnx.ModelProto, plan: dict[str, str], cfg: ExportConfig,
 
 
 def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg: ExportConfig,
-                spec: ArtifactSpec, tokenizer_json: str, workdir: Path,
-                ) -> tuple[dict[str, str], dict, ActivationStats, dict]:
+                spec: ArtifactSpec, tokenizer_json: str) -> tuple[dict[str, str], dict, ActivationStats, dict]:
     """The fastest per-MatMul plan whose calibration error stays inside the scaled budget.
 
     Every MatMul starts on the int8-weight scheme ``cfg.weight_only`` when that fits (a quarter of
@@ -330,15 +361,13 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
     def over_target(scores: np.ndarray) -> list[str]:
         return target.failures(_clamped_fidelity(cal_ref_raw, scores))
 
+    from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer
+
+    encoder = PairEncoder(load_tokenizer(tokenizer_json, "calibration"), spec.max_length)
+
     def trial(plan: dict[str, str], tag: str, pairs: Pairs = cal) -> np.ndarray:
-        model = _quantized(fp32, plan, cfg, stats, cache)
-        _set_metadata(model, spec, tokenizer_json)
-        path = workdir / f"trial-{tag}.onnx"
-        _write(model, path)
-        try:
-            return _runtime_scores(path, pairs, cfg.threads)
-        finally:
-            path.unlink(missing_ok=True)
+        log.debug("trial %s", tag)
+        return _trial_scores(_quantized(fp32, plan, cfg, stats, cache), spec, encoder, pairs, cfg.threads)
 
     start = time.time()
     # int8 weights everywhere if that fits (small file); otherwise fp32 where it does not
@@ -432,12 +461,14 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
     files = locate(checkpoint_dir)
     config = read_config(files)
     max_length = min(cfg.max_length, config["max_position_embeddings"])
-    data_dir = find_data_dir(cfg.data_dir)
+    pair_set = load_pair_set(cfg.calibration)
     reference = TorchReward(files.root, max_length=max_length)
     tokenizer_json = files.tokenizer.read_text(encoding="utf-8")
-    val = validation_pairs(data_dir, cfg.validation_size)
-    log.info("torch reference on %d validation pairs", len(val))
-    val_ref = np.asarray(reference.raw_scores(val.responses, val.references), dtype=np.float64)
+    val = validation_pairs(pair_set, cfg.validation_size)
+    stages = Stages()
+    log.info("torch reference on %d held-out pairs of %s", len(val), pair_set.source)
+    with stages("torch reference"):
+        val_ref = np.asarray(reference.raw_scores(val.responses, val.references), dtype=np.float64)
 
     spec = ArtifactSpec(
         precision=cfg.precision, max_length=max_length,
@@ -448,20 +479,23 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
     )
     # everything is written in a locked working folder next to the output, see export/workdir.py
     with export_workdir(output.parent) as work:
-        graph.trace(reference.net, work / "traced.onnx")
         int8 = cfg.precision == "int8"
-        # INT8 keeps Q/K/V as separate MatMuls (MultiHeadAttention) so they can be quantized, and
-        # the word-embedding Gather visible so its table can be stored as int8.
-        counts = graph.fuse(work / "traced.onnx", work / "fused.onnx", config["num_attention_heads"],
-                            config["hidden_size"], config["num_hidden_layers"],
-                            fuse_embeddings=not int8, separate_qkv=int8)
-        model = graph.load(work / "fused.onnx")
-        expanded = graph.expand_layer_norms(model) if cfg.expand_layer_norms else 0
+        with stages("trace + fuse"):
+            graph.trace(reference.net, work / "traced.onnx")
+            # INT8 keeps Q/K/V as separate MatMuls (MultiHeadAttention) so they can be quantized, and
+            # the word-embedding Gather visible so its table can be stored as int8.
+            counts = graph.fuse(work / "traced.onnx", work / "fused.onnx", config["num_attention_heads"],
+                                config["hidden_size"], config["num_hidden_layers"],
+                                fuse_embeddings=not int8, separate_qkv=int8)
+            model = graph.load(work / "fused.onnx")
+            expanded = graph.expand_layer_norms(model) if cfg.expand_layer_norms else 0
         candidates: list[dict[str, str] | None] = [None]
         if int8:
-            cal = calibration_pairs(data_dir, cfg.calibration_size)
-            cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
-            plan, quant_info, stats, cache = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json, work)
+            cal = calibration_pairs(pair_set, cfg.calibration_size)
+            with stages("torch reference"):
+                cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
+            with stages("plan search"):
+                plan, quant_info, stats, cache = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json)
             candidates = [plan] + gate_fallbacks(plan, quant_info.get("sensitivity_mean_abs", {}),
                                                  cfg.gate_retries, quant_info["start_scheme"],
                                                  cfg.search_weight_only)
@@ -488,10 +522,10 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                         "weight_scales": "per output channel (token, token2) / per block (block, dequant)",
                         "gate_rejected": list(rejected)}
             spec_i = ArtifactSpec(**{**asdict(spec), "quantization": info})
-            _set_metadata(model, spec_i, tokenizer_json)
-            _write(model, candidate)
-
-            raw = _runtime_scores(candidate, val, cfg.threads)
+            with stages("gate"):
+                _set_metadata(model, spec_i, tokenizer_json)
+                _write(model, candidate)
+                raw = _runtime_scores(candidate, val, cfg.threads)
             fid = _clamped_fidelity(val_ref, raw)
             raw_diff = float(np.abs(raw - val_ref).max())
             if cfg.precision == "fp32":
@@ -506,6 +540,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                 file_bytes=candidate.stat().st_size, seconds=time.time() - t0, rejected=list(rejected),
                 activation_bits=(cfg.activation_bits if integer_gemm_count({"plan_counts": counts_plan})
                                  else None),
+                stage_seconds=stages.seconds,
             )
             if not failures:
                 break
@@ -519,7 +554,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                                 f"budget ({'; '.join(failures)}){tried}; nothing was written", report)
         spec = spec_i
         fid_meta = {**fid.as_dict(), "max_raw_abs_diff": raw_diff,
-                    "validation": f"{len(val)} pairs: {DEV_FILE} + {LONG_PAIRS} long pairs",
+                    "validation": f"{len(val)} pairs: the held-out part of {pair_set.source} + {LONG_PAIRS} long pairs",
                     "budget": asdict(cfg.budget) if cfg.precision == "int8" else {"max_raw_abs_diff": FP32_MAX_RAW_DIFF}}
         spec = ArtifactSpec(**{**asdict(spec), "fidelity": fid_meta})
         _set_metadata(model, spec, tokenizer_json)

@@ -2,7 +2,9 @@
 verification, the tests and the bench.
 
 Scoring path (as ``neuraltxt.NeuralTxtReward``): the text ``f"{reference} [SEP] {response}"`` is
-tokenized as ONE sequence (truncation at ``max_length``, padding to the longest in the batch), run
+tokenized as ONE sequence (truncation at ``max_length`` by the runtime's rule, ``truncation``:
+the reference and the end of the response kept by default, or neural-txt's cut of the text's end
+with ``"keep_start"``; padding to the longest in the batch), run
 through the encoder, pooled by masked mean and masked max (concatenated, ``2 * hidden``), fed to
 ``Sequential(Dropout(0.2), Linear(2 * hidden, 1))`` and clamped to [0, 1].
 """
@@ -17,7 +19,8 @@ from torch import nn
 
 from rewardrt.export.checkpoint import load_head_state, locate, read_config
 from rewardrt.export.errors import CheckpointError
-from rewardrt.runtime.api import RankedResponse, build_texts, normalize_references
+from rewardrt.runtime.api import RankedResponse, normalize_references
+from rewardrt.runtime.tokenizer import DEFAULT_TRUNCATION, check_truncation, fit_pairs, format_pair
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -91,32 +94,47 @@ def load_tokenizer(checkpoint_dir: str | Path):
     )
 
 
+def encode_pairs(tokenizer, references: Sequence[str], responses: Sequence[str], max_length: int,
+                 truncation: str = DEFAULT_TRUNCATION) -> dict[str, torch.Tensor]:
+    """transformers' ids of the pairs' texts, truncated by the runtime's rule (``fit_pairs``) and
+    padded to the longest: ``input_ids`` and ``attention_mask``."""
+    texts = [format_pair(a, b) for a, b in zip(references, responses)]
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    fit_pairs(ids, references, responses,
+              lambda t: tokenizer(t, add_special_tokens=False, truncation=False, verbose=False)["input_ids"],
+              max_length, tokenizer.sep_token_id, truncation)
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 class TorchReward:
     """neural-txt's ``NeuralTxtReward`` on a local checkpoint, CPU, fp32, no network
     (``attn_implementation``: see :func:`load_encoder`)."""
 
     def __init__(self, checkpoint_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH,
-                 attn_implementation: str | None = "eager") -> None:
+                 attn_implementation: str | None = "eager", truncation: str = DEFAULT_TRUNCATION) -> None:
         files = locate(checkpoint_dir)
         config = read_config(files)
         self.checkpoint = files
         self.config = config
         self.max_length = max_length
+        self.truncation = check_truncation(truncation)
         self.tokenizer = load_tokenizer(files.root)
         head = make_head(config["hidden_size"])
         head.load_state_dict(load_head_state(files, config["hidden_size"]))
         self.net = RewardNet(load_encoder(files.root, attn_implementation), head).eval()
 
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            list(texts), return_tensors="pt", padding=True, truncation=True,
-            max_length=self.max_length,
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    def encode(self, references: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
+        return encode_pairs(self.tokenizer, references, responses, self.max_length, self.truncation)
 
     @torch.inference_mode()
-    def forward_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.encode(texts)
+    def forward_pairs(self, references: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encode(references, responses)
         return self.net(enc["input_ids"], enc["attention_mask"])
 
     def raw_scores(
@@ -142,9 +160,10 @@ class TorchReward:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         references = normalize_references(responses, reference)
-        texts = build_texts(responses, references)
+        responses = list(responses)
         out: list[float] = []
-        for start in range(0, len(texts), batch_size):
-            score, raw_out = self.forward_texts(texts[start : start + batch_size])
+        for start in range(0, len(references), batch_size):
+            score, raw_out = self.forward_pairs(references[start : start + batch_size],
+                                                responses[start : start + batch_size])
             out.extend(float(v) for v in (raw_out if raw else score).tolist())
         return out

@@ -9,12 +9,20 @@ from pathlib import Path
 
 from rewardrt.models import DEFAULT_MODEL_NAME, model_dir
 
+# the short-answer probes of `rewardrt eval`: the PROBE template set (disjoint from training's)
+PROBE_GROUPS = 60
+PROBE_SEED = 20261204
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the default reward model from its recipe (needs [export])")
     p.add_argument("--recipe", default=str(model_dir() / "recipe.json"))
     p.add_argument("--out", default=f".artifacts/{DEFAULT_MODEL_NAME}",
                    help="run folder: checkpoint/ and train_log.json are written here")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="folder with the recipe's labelled sentence pairs (pairs-train.jsonl, pairs-dev.jsonl: "
+                        "JSONL rows with a, b, source, similarity); default: $REWARDRT_DATA. The model "
+                        "card names the public datasets and where to obtain them")
     p.add_argument("--cpus", type=int, default=None,
                    help="a soup recipe trains its runs side by side while their threads fit in this many "
                         "CPUs (default: all); no effect on the weights")
@@ -31,14 +39,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="folder to write (default: %(default)s)")
     p.set_defaults(func=run_materialize)
 
-    p = sub.add_parser("eval", help="evaluation table of a model on labelled pairs")
-    p.add_argument("model", help="a .onnx artifact")
-    p.add_argument("data", help="labelled pairs JSONL (fields a, b, source, similarity, ...)")
+    p = sub.add_parser("eval", help="evaluation tables of a model: generated short answers, and labelled "
+                       "sentence pairs when given (torch-free)")
+    p.add_argument("model", nargs="?", default=None, help="a .onnx artifact (default: the embedded model)")
+    p.add_argument("data", nargs="?", default=None,
+                   help="labelled pairs JSONL (fields a, b, source, similarity, ...) for the sentence-pair "
+                        "table; without it only the short-answer table is printed")
     p.add_argument("--torch-checkpoint", help="also score with the torch reference of this checkpoint "
                    "(the fp32 column; needs [export])")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the Word F1 and base-embedding cosine columns")
-    p.add_argument("--json", help="also write the table as JSON here")
+    p.add_argument("--no-short-answers", action="store_true", help="skip the short-answer table")
+    p.add_argument("--probe-groups", type=int, default=PROBE_GROUPS, metavar="N",
+                   help="short-answer probe groups per kind (default: %(default)s)")
+    p.add_argument("--probe-seed", type=int, default=PROBE_SEED,
+                   help="seed of the short-answer probes (default: %(default)s)")
+    p.add_argument("--json", help="also write the tables as JSON here")
     p.set_defaults(func=run_eval)
 
 
@@ -50,14 +66,29 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"rewardrt train: --cpus must be >= 1, got {args.cpus}")
     if not Path(args.recipe).is_file():
         raise SystemExit(f"rewardrt train: --recipe {args.recipe!r} is not a file")
+    from rewardrt.models.train import DataError, Recipe, data_dir, resolve_data
+
+    folder = data_dir(args.data)
+    if args.data is not None and not folder.is_dir():
+        raise SystemExit(f"rewardrt train: --data {args.data!r} is not a folder")
+    if not is_soup(args.recipe):  # a soup checks its runs' data itself, before training any
+        r = Recipe.load(args.recipe)
+        try:
+            for name, what in ((r.train_data, "train_data"), (r.dev_data, "dev_data")):
+                resolve_data(name, folder, what)
+        except DataError as exc:
+            raise SystemExit(f"rewardrt train: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if is_soup(args.recipe):
-        summary = train_soup(args.recipe, args.out, args.cpus)
+        try:
+            summary = train_soup(args.recipe, args.out, args.cpus, folder)
+        except DataError as exc:
+            raise SystemExit(f"rewardrt train: {exc}") from None
         runs = ", ".join(f"{n} step {s['selected_step']}" for n, s in summary["runs"].items())
         print(f"averaged {runs}; wall time {summary['wall_time_s']:.0f} s; "
               f"checkpoint in {Path(args.out) / 'checkpoint'}")
         return 0
-    summary = train(args.recipe, args.out)
+    summary = train(args.recipe, args.out, data=folder)
     print(f"selected epoch {summary['selected_epoch']}, wall time {summary['wall_time_s']:.0f} s; "
           f"checkpoint in {Path(args.out) / 'checkpoint'}")
     return 0
@@ -79,22 +110,16 @@ def run_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    import json
+def _scorers(args: argparse.Namespace, model) -> dict:
+    """The columns: (references, responses) -> scores."""
+    from rewardrt.runtime.evaluate import word_f1_scorer
 
-    from rewardrt.runtime.api import RewardModel
-    from rewardrt.runtime.evaluate import (
-        evaluate, format_table, read_labelled, spread_table, swap_probes, word_f1_scorer,
-    )
-
-    rows = read_labelled(args.data)
-    probes = swap_probes(rows)
-    columns: dict[str, dict[str, float]] = {}
+    columns: dict = {}
     if not args.no_baselines:
-        columns["Word F1"] = evaluate(rows, word_f1_scorer, probes)
+        columns["Word F1"] = word_f1_scorer
         try:
             from rewardrt.export.baselines import base_cosine_scorer
-            columns["MiniLM cosine"] = evaluate(rows, base_cosine_scorer(), probes)
+            columns["MiniLM cosine"] = base_cosine_scorer()
         except ImportError as exc:
             print(f"note: skipping the base-embedding cosine column ({exc.name} is not installed)",
                   file=sys.stderr)
@@ -102,14 +127,48 @@ def run_eval(args: argparse.Namespace) -> int:
         from rewardrt.export.reference import TorchReward
 
         ref = TorchReward(args.torch_checkpoint)
-        columns["fp32 (torch)"] = evaluate(rows, lambda a, b: ref.batch_score(list(b), list(a)), probes)
-    model = RewardModel(args.model)
-    columns[f"{model.spec.precision} (rewardrt)"] = evaluate(
-        rows, lambda a, b: model.batch_score(list(b), list(a)), probes)
-    counts = {f"swap {k} {m}": len(v) for k, v in probes.items() for m in ("drop", "noticed")}
-    print(format_table(columns, counts))
-    print(f"\nScore spread of {model.path.name} on the {len(rows)} pairs:\n")
-    print(spread_table(model.batch_score([r["b"] for r in rows], [r["a"] for r in rows])))
+        columns["fp32 (torch)"] = lambda a, b: ref.batch_score(list(b), list(a))
+    columns[f"{model.spec.precision} (rewardrt)"] = lambda a, b: model.batch_score(list(b), list(a))
+    return columns
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from rewardrt.models import shortanswers
+    from rewardrt.runtime.api import RewardModel
+    from rewardrt.runtime.evaluate import evaluate, format_table, read_labelled, spread_table, swap_probes
+
+    if args.probe_groups < 1:
+        raise SystemExit(f"rewardrt eval: --probe-groups must be >= 1, got {args.probe_groups}")
+    if args.data is not None and not Path(args.data).is_file():
+        raise SystemExit(f"rewardrt eval: data {args.data!r} is not a file")
+    try:
+        rows = read_labelled(args.data) if args.data is not None else None
+    except ValueError as exc:
+        raise SystemExit(f"rewardrt eval: {exc}") from None
+    try:
+        model = RewardModel(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"rewardrt eval: {exc}") from None
+    scorers = _scorers(args, model)
+    report: dict = {}
+    if not args.no_short_answers:
+        probes = shortanswers.groups(shortanswers.PROBE, args.probe_groups, args.probe_seed)
+        short = {name: shortanswers.evaluate_groups(probes, fn) for name, fn in scorers.items()}
+        report["short_answers"] = short
+        print(f"Short answers: {len(probes)} generated probe groups ({args.probe_groups} per kind, "
+              f"seed {args.probe_seed}, templates disjoint from training's)\n")
+        print(shortanswers.format_table(short))
+    if rows is not None:
+        probes_by_rule = swap_probes(rows)
+        columns = {name: evaluate(rows, fn, probes_by_rule) for name, fn in scorers.items()}
+        report["pairs"] = columns
+        counts = {f"swap {k} {m}": len(v) for k, v in probes_by_rule.items() for m in ("drop", "noticed")}
+        print(f"\nLabelled pairs: {len(rows)} from {args.data}\n")
+        print(format_table(columns, counts))
+        print(f"\nScore spread of {model.path.name} on the {len(rows)} pairs:\n")
+        print(spread_table(model.batch_score([r["b"] for r in rows], [r["a"] for r in rows])))
     if args.json:
-        Path(args.json).write_text(json.dumps(columns, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

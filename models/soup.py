@@ -136,7 +136,7 @@ def _done(run_dir: Path, recipe) -> bool:
     return logged.get("recipe") == json.loads(json.dumps(asdict(recipe))) and (run_dir / "checkpoint" / "model.safetensors").is_file()
 
 
-def _train_member(recipe_path: str, run_dir: str, overrides: dict, name: str) -> dict:
+def _train_member(recipe_path: str, run_dir: str, overrides: dict, name: str, data: str | None) -> dict:
     """One run, in its own process (spawned: torch's thread pools do not survive a fork)."""
     from rewardrt.models.train import train
 
@@ -144,14 +144,17 @@ def _train_member(recipe_path: str, run_dir: str, overrides: dict, name: str) ->
     handlers = [logging.StreamHandler(), logging.FileHandler(Path(run_dir) / "train.log", mode="w")]
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", handlers=handlers,
                         force=True)
-    return train(recipe_path, run_dir, overrides)
+    return train(recipe_path, run_dir, overrides, data)
 
 
-def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = None) -> dict:
+def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = None,
+               data: str | Path | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from rewardrt.models.base import base_model_dir, write_checkpoint
-    from rewardrt.models.train import Recipe, _start_from, dev_metrics, read_pairs
+    from rewardrt.models.train import (
+        Recipe, _start_from, data_dir, dev_metrics, read_pairs, resolve_data, short_dev_groups,
+    )
 
     soup = SoupRecipe.load(recipe_path)
     out = Path(out_dir)
@@ -166,6 +169,11 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
         path = soup.folder / run.recipe
         overrides = _member_recipe(run, out)
         plans[run.name] = (run, path, overrides, Recipe.load(path, overrides))
+    folder = data_dir(data)
+    _, _, _, first = plans[next(iter(soup.average))]
+    dev = read_pairs(resolve_data(first.dev_data, folder, "dev_data"))  # fails before any training
+    for _, _, _, recipe in plans.values():
+        resolve_data(recipe.train_data, folder, "train_data")
     finished: dict[str, dict] = {}
     for name, (run, _, _, recipe) in plans.items():
         run_dir = out / "runs" / name
@@ -189,7 +197,8 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
                     continue
                 log.info("run %s: training (%d thread%s) into %s", name, threads, "s" * (threads > 1),
                          out / "runs" / name)
-                fut = pool.submit(_train_member, str(path), str(out / "runs" / name), overrides, name)
+                fut = pool.submit(_train_member, str(path), str(out / "runs" / name), overrides, name,
+                                  None if folder is None else str(folder))
                 running[fut] = name
                 busy += threads
                 pending.remove(name)
@@ -208,11 +217,9 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     precision = "float16" if precisions == {"float16"} else "float32"
     encoder, head = average_checkpoints(members, precision)
     write_checkpoint(encoder, head, out / "checkpoint", base_model_dir())
-    _, first_path, _, first = plans[next(iter(soup.average))]
-    dev = read_pairs((first_path.parent / first.dev_data).resolve())
     net = _start_from(out / "checkpoint").eval()
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir()), local_files_only=True)
-    metrics = dev_metrics(net, tokenizer, dev, synonym_control=True)
+    metrics = dev_metrics(net, tokenizer, dev, synonym_control=True, short=short_dev_groups(first))
     log.info("dev of the average: %s", json.dumps(metrics))
     summary = {"soup": {"runs": [asdict(r) for r in soup.runs], "average": soup.average},
                "runs": {n: {"selected_step": s["selected_step"], "wall_time_s": s["wall_time_s"],

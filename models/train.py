@@ -2,9 +2,11 @@
 
 Starts from the packaged all-MiniLM-L6-v2 (or, with ``init_from``, from an earlier run's
 checkpoint), trains the top encoder layers and the mean⊕max head with MSE on 0..1
-answer-equivalence targets built from ../shared/data/pairs-train.jsonl plus rule-based minimal
-edits, selects the epoch on pairs-dev.jsonl, and writes a full checkpoint in the
-neuraltxt-reward-tiny layout. Everything is seeded; the wall time goes into the run log.
+answer-equivalence targets built from labelled sentence pairs (``pairs-train.jsonl`` of the data
+folder given with ``--data`` or $REWARDRT_DATA), rule-based minimal edits and generated short
+answers (``rewardrt.models.shortanswers``), selects the step on ``pairs-dev.jsonl`` plus held-out
+short-answer groups, and writes a full checkpoint in the neuraltxt-reward-tiny layout. Everything
+is seeded; the wall time goes into the run log.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rewardrt.export.reference import RewardNet, make_head
+from rewardrt.models import shortanswers
+
+from rewardrt.export.reference import RewardNet, encode_pairs, make_head
 from rewardrt.models.base import base_model_dir, unpinned, write_checkpoint
 from rewardrt.runtime.edits import EDITS, WORD
 from rewardrt.runtime.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
@@ -32,14 +36,21 @@ log = logging.getLogger(__name__)
 
 # the edit rules that draw their changes from a word list (runtime/edits.py)
 WORD_LIST_RULES = ("antonym", "entity", "synonym")
+DATA_ENV = "REWARDRT_DATA"
+DATA_FORMAT = ("JSONL rows with string fields 'a' (reference), 'b' (response), 'source' and a number "
+               "'similarity' in 0..1 (optional: 'entailment', 'paraphrase')")
+
+
+class DataError(ValueError):
+    """Training data that is missing or malformed; the message names the file, line and field."""
 
 
 @dataclass
 class Recipe:
     """Everything that decides the trained weights. Loaded from the model's recipe.json."""
 
-    train_data: str = "../shared/data/pairs-train.jsonl"
-    dev_data: str = "../shared/data/pairs-dev.jsonl"
+    train_data: str = "pairs-train.jsonl"   # relative to the data folder (--data), or absolute
+    dev_data: str = "pairs-dev.jsonl"
     seed: int = 13
     trainable_layers: int = 3          # top encoder layers unfrozen (of 6)
     epochs: int = 2                    # length of the learning-rate schedule
@@ -96,13 +107,22 @@ class Recipe:
     # The released encoder weights are the trained ones rounded to this precision (kept as fp32 in the
     # checkpoint; the delta then stores them losslessly in half the bytes). "float32": no rounding.
     release_precision: str = "float32"
+    # Generated short answers (rewardrt.models.shortanswers, the TRAIN template set): groups per kind,
+    # each a reference with same-answer responses at short_positive_target and different-answer ones
+    # (near-miss numbers, wrong units, opposite yes/no, other options, off-by-one dates, other
+    # entities, worked solutions whose final answer is wrong, empty responses) at short_negative_target
+    short_answer_groups: int = 0
+    short_positive_target: float = 1.0
+    short_negative_target: float = 0.0
+    short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
+                                       # pairwise order accuracy joins the dev selection score
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.release_precision not in ("float32", "float16"):
             raise ValueError(f"release_precision must be 'float32' or 'float16', got {self.release_precision!r}")
-        for name in ("teacher_weight", "contradiction_cap"):
+        for name in ("teacher_weight", "contradiction_cap", "short_positive_target", "short_negative_target"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_edits_per_change is not None and (not isinstance(self.max_edits_per_change, int)
@@ -114,7 +134,8 @@ class Recipe:
         if unknown:
             raise ValueError(f"spread_rules may name {', '.join(WORD_LIST_RULES)} (the word-list rules); "
                              f"got {sorted(unknown)}")
-        for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule"):
+        for name in ("teacher_pairs", "hard_contradiction_repeats", "edits_per_rule", "short_answer_groups",
+                     "short_answer_dev_groups"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.max_dev_confound <= 1:
@@ -143,9 +164,56 @@ class Recipe:
         return cls(**{**data, **(overrides or {})})
 
 
+def data_dir(explicit: str | Path | None) -> Path | None:
+    """The training data folder: ``explicit`` (``--data``), else $REWARDRT_DATA, else None."""
+    import os
+
+    chosen = explicit if explicit is not None else os.environ.get(DATA_ENV) or None
+    return Path(chosen) if chosen is not None else None
+
+
+def resolve_data(name: str, folder: Path | None, what: str) -> Path:
+    """The data file ``name`` of a recipe: absolute as it is, else inside ``folder``."""
+    path = Path(name)
+    if not path.is_absolute():
+        if folder is None:
+            raise DataError(f"training needs labelled sentence pairs ({what} {name!r}): pass --data DIR with "
+                            f"{DATA_FORMAT}, or set ${DATA_ENV}; the model card names the public datasets")
+        path = folder / path
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} does not exist; --data must be a folder holding it ({DATA_FORMAT})")
+    return path
+
+
 def read_pairs(path: str | Path) -> list[dict]:
+    """Labelled pairs, each row checked: a missing field, a non-string text, an empty reference or a
+    similarity outside 0..1 fails naming the file, line and field."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected an object with fields a, b, source, similarity")
+            for key in ("a", "b", "source"):
+                if key not in row:
+                    raise DataError(f"{where}: field {key!r} is missing")
+                if not isinstance(row[key], str):
+                    raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+            if not row["a"].strip():
+                raise DataError(f"{where}: field 'a' (the reference) is empty")
+            sim = row.get("similarity")
+            if isinstance(sim, bool) or not isinstance(sim, (int, float)) or not 0 <= sim <= 1:
+                raise DataError(f"{where}: field 'similarity' must be a number in 0..1, got {sim!r}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no pairs")
+    return rows
 
 
 def target_of(row: dict, r: Recipe) -> float:
@@ -197,6 +265,11 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     for sentence in rng.sample(sentences, min(r.identity_pairs, len(sentences))):
         out.append(((sentence, sentence, r.kept_target),) * 2)
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
+    if r.short_answer_groups:
+        short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
+                                               r.short_negative_target)
+        out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
+        log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out
 
 
@@ -315,8 +388,7 @@ def batches(examples, tokenizer, r: Recipe, rng: random.Random):
         groups.extend(part[i : i + r.batch_size] for i in range(0, len(part), r.batch_size))
     rng.shuffle(groups)
     for idx in groups:
-        texts = [f"{examples[i][0]} [SEP] {examples[i][1]}" for i in idx]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=r.max_length)
+        enc = encode_pairs(tokenizer, [examples[i][0] for i in idx], [examples[i][1] for i in idx], r.max_length)
         target = torch.tensor([examples[i][2] for i in idx], dtype=torch.float32)
         yield enc["input_ids"], enc["attention_mask"], target
 
@@ -328,8 +400,7 @@ def predict(net: RewardNet, tokenizer, refs: list[str], resps: list[str], batch:
     order = sorted(range(len(refs)), key=lambda i: len(refs[i]) + len(resps[i]))
     for s in range(0, len(order), batch):
         idx = order[s : s + batch]
-        enc = tokenizer([f"{refs[i]} [SEP] {resps[i]}" for i in idx], return_tensors="pt",
-                        padding=True, truncation=True, max_length=512)
+        enc = encode_pairs(tokenizer, [refs[i] for i in idx], [resps[i] for i in idx], 512)
         score, _ = net(enc["input_ids"], enc["attention_mask"])
         out.extend(zip(idx, score.tolist()))
     res = np.zeros(len(refs))
@@ -338,9 +409,20 @@ def predict(net: RewardNet, tokenizer, refs: list[str], resps: list[str], batch:
     return res
 
 
-def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: bool = False) -> dict[str, float]:
+def short_dev_groups(r: Recipe) -> list[shortanswers.Group]:
+    """Held-out short-answer groups for selection: the TRAIN templates with another seed (the
+    PROBE templates stay unseen until ``rewardrt eval``)."""
+    if not r.short_answer_dev_groups:
+        return []
+    return shortanswers.groups(shortanswers.TRAIN, r.short_answer_dev_groups, r.seed + 7919)
+
+
+def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: bool = False,
+                short: list[shortanswers.Group] | None = None) -> dict[str, float]:
     """The selection metrics on the dev pairs (the full table is ``rewardrt eval``); with
-    ``synonym_control`` also the share of ``rewardrt eval``'s synonym probes the model notices."""
+    ``synonym_control`` also the share of ``rewardrt eval``'s synonym probes the model notices; with
+    ``short`` groups their order accuracy, threshold shares and exact-match mean, the first added to
+    the selection score."""
     scores = predict(net, tokenizer, [d["a"] for d in dev], [d["b"] for d in dev])
     gold = np.array([d["similarity"] for d in dev])
     src = np.array([d["source"] for d in dev])
@@ -357,6 +439,12 @@ def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: boo
     m["confound"] = confound_rate(dev, scores) or 0.0
     m["selection"] = float(np.mean([v for k, v in m.items() if k.startswith(("spearman", "auc"))])
                            - m["contradiction>0.7"])
+    if short:
+        table = shortanswers.evaluate_groups(
+            short, lambda a, b: predict(net, tokenizer, list(a), list(b)).tolist())
+        m.update({f"short/{k}": table["all"][k] for k in shortanswers.METRICS})
+        m["short/worst-kind-pairwise"] = min(v["pairwise"] for k, v in table.items() if k != "all")
+        m["selection"] += m["short/pairwise"]
     if synonym_control:
         probes = swap_probes(dev)["synonym"]
         originals, edited = [a for a, _ in probes], [b for _, b in probes]
@@ -411,10 +499,16 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None) -> dict:
+def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None,
+          data: str | Path | None = None) -> dict:
+    """Train the recipe into ``out_dir``; relative data files are read from ``data`` (else
+    $REWARDRT_DATA)."""
     from transformers import AutoModel, AutoTokenizer
 
     r = Recipe.load(recipe_path, overrides)
+    folder = data_dir(data)
+    train_rows = read_pairs(resolve_data(r.train_data, folder, "train_data"))
+    dev_rows = read_pairs(resolve_data(r.dev_data, folder, "dev_data"))
     recipe_dir = Path(recipe_path).resolve().parent
     resolve = lambda p: (recipe_dir / p).resolve() if not Path(p).is_absolute() else Path(p)  # noqa: E731
     out_dir = Path(out_dir)
@@ -438,8 +532,7 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
     for name, p in net.encoder.named_parameters():
         p.requires_grad = name.startswith("encoder.layer.") and int(name.split(".")[2]) >= first_trainable
 
-    train_rows = read_pairs(resolve(r.train_data))
-    dev_rows = read_pairs(resolve(r.dev_data))
+    short_dev = short_dev_groups(r)
     pairs = build_examples(train_rows, r, rng)
     if r.teacher_weight or r.teacher_pairs:
         pairs = add_teacher(pairs, train_rows, r, rng)
@@ -478,7 +571,7 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
         if r.release_precision != "float32":
             live = {k: v.clone() for k, v in net.encoder.state_dict().items()}
             net.encoder.load_state_dict(release_weights(net, r.release_precision))
-        metrics = dev_metrics(net, tokenizer, dev_rows, r.max_dev_synonym_noticed is not None)
+        metrics = dev_metrics(net, tokenizer, dev_rows, r.max_dev_synonym_noticed is not None, short_dev)
         metrics.update(epoch=epoch, step=step, elapsed_s=round(time.time() - t0, 1))
         history.append(metrics)
         log.info("dev at epoch %d step %d: %s", epoch, step, json.dumps(metrics))

@@ -12,7 +12,7 @@ from rewardrt.runtime.integrity import check_artifact
 from rewardrt.runtime.scorer import Scorer
 from rewardrt.runtime.session import make_session
 from rewardrt.runtime.spec import ArtifactSpec, spec_from_metadata
-from rewardrt.runtime.tokenizer import load_tokenizer
+from rewardrt.runtime.tokenizer import DEFAULT_TRUNCATION, PairEncoder, check_truncation, load_tokenizer
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -65,11 +65,6 @@ def normalize_references(responses: Sequence[str], reference: str | Sequence[str
     return references
 
 
-def build_texts(responses: Sequence[str], references: Sequence[str]) -> list[str]:
-    """The model's single input sequence per pair: ``f"{reference} [SEP] {response}"``."""
-    return [f"{ref} [SEP] {resp}" for resp, ref in zip(responses, references)]
-
-
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool):
         raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
@@ -83,12 +78,16 @@ class RewardModel:
     ``path``: a self-contained .onnx written by ``rewardrt export`` (None: the embedded default).
     ``threads``: intra-op threads (None: the cores available to this process).
     ``max_length``: truncate inputs to fewer tokens than the artifact's own max_length (None: keep).
+    ``truncation``: how a pair longer than that is cut. ``"keep_response_end"`` (default) keeps the
+    reference and the end of the response, where a rollout's final answer is; ``"keep_start"`` cuts
+    the end of the joined text, as neural-txt does (``rewardrt.runtime.tokenizer``).
 
     One instance may be shared by many threads; calls do not mutate it.
     """
 
     def __init__(self, path: str | Path | None = None, *, threads: int | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, truncation: str = DEFAULT_TRUNCATION) -> None:
+        check_truncation(truncation)
         if path is None:
             from rewardrt.models import default_model_path
 
@@ -114,8 +113,9 @@ class RewardModel:
                     f"max_length must be an int in [3, {spec.max_length}] for this model, got {max_length!r}"
                 )
         self.max_length = max_length or spec.max_length
-        tokenizer = load_tokenizer(tokenizer_json, self.max_length, str(self.path))
-        self._scorer = Scorer(session, tokenizer, spec, str(self.path))
+        self.truncation = truncation
+        encoder = PairEncoder(load_tokenizer(tokenizer_json, str(self.path)), self.max_length, truncation)
+        self._scorer = Scorer(session, encoder, spec, str(self.path))
 
     @property
     def spec(self) -> ArtifactSpec:
@@ -142,6 +142,12 @@ class RewardModel:
         """The head's output before the [0, 1] clamp (for parity checks and calibration)."""
         return self._run(responses, reference, batch_size, "raw_score")
 
+    def truncated(self, responses: Sequence[str], reference: str | Sequence[str]) -> list[bool]:
+        """For each pair, whether it is longer than ``max_length`` tokens and so scored truncated
+        (by ``truncation``)."""
+        references = normalize_references(responses, reference)
+        return self._scorer.encoder(references, list(responses))[1] if references else []
+
     def rank(self, responses: Sequence[str], reference: str | Sequence[str]) -> list[RankedResponse]:
         """Responses with their scores, highest first (ties keep input order)."""
         scores = self.batch_score(responses, reference)
@@ -153,8 +159,7 @@ class RewardModel:
         references = normalize_references(responses, reference)
         if not references:
             return []
-        texts = build_texts(responses, references)
-        return self._scorer.run(texts, batch_size, output).tolist()
+        return self._scorer.run(references, list(responses), batch_size, output).tolist()
 
     def __repr__(self) -> str:
         return f"RewardModel(path={str(self.path)!r}, precision={self.spec.precision!r})"

@@ -1,4 +1,4 @@
-"""Turns texts into scores: tokenize, group rows of similar length (one padded width per group)
+"""Turns (reference, response) pairs into scores: tokenize, group rows of similar length (one padded width per group)
 into batches, run, restore input order.
 
 A pair's score is bit-identical whatever its batch neighbours, the batch size and the order of the
@@ -28,10 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
-
 from rewardrt.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ArtifactError, ArtifactSpec
-from rewardrt.runtime.tokenizer import encode, pad
+from rewardrt.runtime.tokenizer import PairEncoder, pad
 
 # Padded tokens per forward pass. Bounds peak memory: onnxruntime's arena grows to the largest
 # pass's activations (an FFN intermediate alone is tokens x 1536 floats) and keeps that memory. 1024
@@ -64,7 +62,7 @@ def padded_width(length: int, cap: int) -> int:
 class Scorer:
     """Stateless between calls (no buffers are reused), so one instance may be shared by threads."""
 
-    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, spec: ArtifactSpec,
+    def __init__(self, session: ort.InferenceSession, encoder: PairEncoder, spec: ArtifactSpec,
                  source: str, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
@@ -74,7 +72,7 @@ class Scorer:
                 f"{list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}"
             )
         self.session = session
-        self.tokenizer = tokenizer
+        self.encoder = encoder
         self.spec = spec
         self._inputs = inputs  # the feed is built from the graph's own input list
         self.max_batch_tokens = max_batch_tokens
@@ -102,18 +100,19 @@ class Scorer:
                 out.append((int(lengths[chunk].max()) if self.spec.single_row_safe else int(width), chunk))
         return out
 
-    def run(self, texts: Sequence[str], batch_size: int, output: str = "score") -> np.ndarray:
-        """float32 scores (or raw head outputs) for ``texts``, in input order.
+    def run(self, references: Sequence[str], responses: Sequence[str], batch_size: int,
+            output: str = "score") -> np.ndarray:
+        """float32 scores (or raw head outputs) for the pairs, in input order.
 
-        Identical texts are scored once. Distinct texts are tokenized ``TOKENIZE_CHUNK`` at a time
+        Identical pairs are scored once. Distinct pairs are tokenized ``TOKENIZE_CHUNK`` at a time
         (token ids of a huge list are never all held at once); rows are grouped by padded width and
         cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
-        if len(texts) == 1 and self.spec.single_row_safe:
-            return self._score_one(texts[0], output)
-        unique: dict[str, int] = {}
-        slot = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64,
-                           count=len(texts))
+        if len(references) == 1 and self.spec.single_row_safe:
+            return self._score_one(references[0], responses[0], output)
+        unique: dict[tuple[str, str], int] = {}
+        slot = np.fromiter((unique.setdefault(p, len(unique)) for p in zip(references, responses)),
+                           dtype=np.int64, count=len(references))
         distinct = list(unique)
         del unique
         result = np.empty(len(distinct), dtype=np.float32)
@@ -122,17 +121,18 @@ class Scorer:
             result[start:start + len(chunk)] = self._score_distinct(chunk, batch_size, output)
         return result[slot]
 
-    def _score_one(self, text: str, output: str) -> np.ndarray:
-        """One text, the batch path's pass without its bookkeeping: a single row runs at its own
+    def _score_one(self, reference: str, response: str, output: str) -> np.ndarray:
+        """One pair, the batch path's pass without its bookkeeping: a single row runs at its own
         length with a mask of ones either way, so the score is the same bit for bit. Batch-1 calls
         (``RewardModel.score``) spend ~0.25 ms less in Python and numpy around the forward pass."""
-        input_ids = np.array([encode(self.tokenizer, [text])[0]], dtype=np.int64)
+        ids, _ = self.encoder([reference], [response])
+        input_ids = np.array(ids, dtype=np.int64)
         feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
         (values,) = self.session.run([output], {name: feed[name] for name in self._inputs})
         return np.asarray(values[:1], dtype=np.float32)
 
-    def _score_distinct(self, texts: list[str], batch_size: int, output: str) -> np.ndarray:
-        ids = encode(self.tokenizer, texts)
+    def _score_distinct(self, pairs: list[tuple[str, str]], batch_size: int, output: str) -> np.ndarray:
+        ids, _ = self.encoder([a for a, _ in pairs], [b for _, b in pairs])
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         result = np.empty(len(ids), dtype=np.float32)
         for width, rows in self.batches(lengths, batch_size):

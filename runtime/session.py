@@ -37,24 +37,29 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return opts
 
 
-def make_session(path: str | Path, threads: int | None = None,
+def make_session(path: str | Path | bytes, threads: int | None = None,
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """A CPU session on ``path``.
+    """A CPU session on ``path`` (a file, or a serialized model in memory).
 
     ``threads`` sets intra-op parallelism (default: the cores available to this process). Use 1 per
     process when you run several scorer processes side by side (e.g. one per Ray actor or server
     worker), so they do not oversubscribe the cores. ``options`` (from :func:`session_options`,
-    then changed) replaces the defaults, e.g. to turn on onnxruntime's profiler.
+    then changed) replaces the defaults, e.g. to turn on onnxruntime's profiler. Bytes are for
+    the exporter's trials: a graph scored once is never written, sealed and re-read.
     """
-    path = Path(path)
     opts = options if options is not None else session_options(threads)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if isinstance(path, bytes):
+        source, what = path, "the in-memory model"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        source, what = str(path), f"model file {str(path)!r}"
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=[PROVIDER])
+        session = ort.InferenceSession(source, sess_options=opts, providers=[PROVIDER])
     except Exception as exc:  # onnxruntime raises several of its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"cannot load model file {str(path)!r} with onnxruntime: {first}") from exc
+        raise ArtifactError(f"cannot load {what} with onnxruntime: {first}") from exc
     granted = session.get_providers()
     if granted[:1] != [PROVIDER]:
         raise RuntimeError(f"onnxruntime granted providers {granted}, expected {PROVIDER}")

@@ -39,37 +39,30 @@ def make_checkpoint(out: Path, *, hidden: int = 32, layers: int = 2, heads: int 
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    from rewardrt.export.pairs import find_data_dir
-
-    return find_data_dir()
-
-
-@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
-def _export(checkpoint: Path, out: Path, precision: str, data_dir: Path):
+def _export(checkpoint: Path, out: Path, precision: str):
     from rewardrt.export.exporter import ExportConfig, export
 
     # 7-bit codes (exact on every x86 CPU): the fixtures behave the same on VNNI and AVX2 hosts
-    cfg = ExportConfig(precision=precision, data_dir=str(data_dir), validation_size=300,
+    cfg = ExportConfig(precision=precision, validation_size=300,
                        calibration_size=64, activation_bits=7)
     return export(checkpoint, out, cfg)
 
 
 @pytest.fixture(scope="session")
-def tiny_fp32(tiny_checkpoint, tmp_path_factory, data_dir):
+def tiny_fp32(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32") / "tiny.fp32.onnx"
-    report = _export(tiny_checkpoint, out, "fp32", data_dir)
+    report = _export(tiny_checkpoint, out, "fp32")
     return out, report
 
 
 @pytest.fixture(scope="session")
-def tiny_int8(tiny_checkpoint, tmp_path_factory, data_dir):
+def tiny_int8(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
-    report = _export(tiny_checkpoint, out, "int8", data_dir)
+    report = _export(tiny_checkpoint, out, "int8")
     return out, report
 
 
@@ -81,11 +74,13 @@ def tiny_reference(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def dev_pairs(data_dir):
-    import json
+def dev_pairs():
+    """(references, responses): every sixth held-out row of the bundled pair set (short answers,
+    sentence pairs, worked solutions, long texts), which ships with the project."""
+    from rewardrt.export.pairs import load_pair_set
 
-    rows = [json.loads(line) for line in open(data_dir / "pairs-dev.jsonl", encoding="utf-8")]
-    return [r["a"] for r in rows[::7]], [r["b"] for r in rows[::7]]
+    rows = load_pair_set().gate[::6]
+    return [r["reference"] for r in rows], [r["response"] for r in rows]
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +92,7 @@ def minilm_shaped_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm_shaped_fp32(minilm_shaped_checkpoint, tmp_path_factory, data_dir):
+def minilm_shaped_fp32(minilm_shaped_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32-384") / "tiny384.fp32.onnx"
-    _export(minilm_shaped_checkpoint, out, "fp32", data_dir)
+    _export(minilm_shaped_checkpoint, out, "fp32")
     return out

@@ -18,10 +18,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tiny_checkpoint, data_dir, tmp_path_factory):
+def quick_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results"
     code = cli_main(["bench", "--quick", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                     "--data-dir", str(data_dir), "--threads", "1,2", "--rounds", "1", "--no-progress"])
+                     "--threads", "1,2", "--rounds", "1", "--no-progress"])
     assert code == 0
     return out
 
@@ -61,10 +61,10 @@ def test_quick_bench_writes_json_md_and_plots(quick_run):
         assert (quick_run / png).read_bytes()[:8] == PNG_MAGIC
 
 
-def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint, data_dir):
+def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint):
     from rewardrt.bench.artifacts import prepare
 
-    prepared = prepare(tiny_checkpoint, quick_run, QUICK, data_dir)
+    prepared = prepare(tiny_checkpoint, quick_run, QUICK, None)
     assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8", HOST_INT8}
     assert all(set(v) == {"cached"} for v in prepared.exports.values()), prepared.exports
     # the portable artifact has 7-bit codes; the one exported with this CPU's defaults follows the CPU
@@ -76,11 +76,11 @@ def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint, data_dir):
     assert bits == {"rewardrt-int8": 7, HOST_INT8: auto_activation_bits()}
 
 
-def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint, data_dir):
+def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint):
     from rewardrt.bench.workloads import TokenCounter, build, read_dev
 
     counter = TokenCounter(tiny_checkpoint / "tokenizer.json")
-    w = build(read_dev(data_dir), counter, QUICK)
+    w = build(read_dev(), counter, QUICK)
     for n in QUICK.lengths:
         s = w.sets[w.latency_set(n)]
         assert len(s["refs"]) == QUICK.latency_calls
@@ -113,14 +113,14 @@ def test_bad_paths_name_the_argument(tmp_path, capsys):
     from rewardrt.bench.suite import main
 
     args = argparse.Namespace(quick=True, checkpoint=str(tmp_path / "missing"), out=str(tmp_path / "o"),
-                              threads="1", rounds=None, data_dir=None)
+                              threads="1", rounds=None, pairs=None)
     assert main(args) == 2
     assert "--checkpoint" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="--out"):
         BenchConfig.from_args(argparse.Namespace(quick=True, out=str(tmp_path / "file")))
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
-        BenchConfig.from_args(argparse.Namespace(quick=True, data_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(FileNotFoundError, match="--pairs"):
+        BenchConfig.from_args(argparse.Namespace(quick=True, pairs=str(tmp_path / "nowhere")))
 
 
 def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(quick_run, tmp_path):

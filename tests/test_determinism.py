@@ -88,12 +88,11 @@ def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
 def test_score_does_not_depend_on_padded_width(model, pairs):
     """Why the scorer may pad a batch to its longest row (runtime/scorer.py): extra pad tokens
     leave a row's raw score bit-identical, at one row and in a batch."""
-    from rewardrt.runtime.api import build_texts
-    from rewardrt.runtime.tokenizer import encode, pad
+    from rewardrt.runtime.tokenizer import pad
 
     scorer = model._scorer
     resps, refs = pairs
-    ids = encode(scorer.tokenizer, build_texts(resps[:40], refs[:40]))
+    ids, _ = scorer.encoder(refs[:40], resps[:40])
 
     def raw(rows, width):
         input_ids, mask = pad(rows, width=width)

@@ -159,39 +159,39 @@ def _copy(src, dst):
     return dst
 
 
-def test_refuses_missing_files(tiny_checkpoint, tmp_path, data_dir):
+def test_refuses_missing_files(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "ck")
     (bad / "head_weights.pt").unlink()
     (bad / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"missing tokenizer\.json, head_weights\.pt"):
-        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+        export(bad, tmp_path / "o.onnx", ExportConfig())
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_refuses_wrong_head_width(tiny_checkpoint, tmp_path, data_dir):
+def test_refuses_wrong_head_width(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "ck")
     torch.save({"1.weight": torch.zeros(1, 32), "1.bias": torch.zeros(1)}, bad / "head_weights.pt")
     with pytest.raises(CheckpointError, match=r"expected \(1, 64\)"):
-        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+        export(bad, tmp_path / "o.onnx", ExportConfig())
 
 
-def test_refuses_non_bert(tiny_checkpoint, tmp_path, data_dir):
+def test_refuses_non_bert(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "ck")
     config = json.loads((bad / "config.json").read_text())
     config["model_type"] = "gpt2"
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="model_type 'gpt2'"):
-        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+        export(bad, tmp_path / "o.onnx", ExportConfig())
 
 
-def test_refuses_unreadable_weights(tiny_checkpoint, tmp_path, data_dir):
+def test_refuses_unreadable_weights(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "ck")
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot load encoder weights"):
-        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+        export(bad, tmp_path / "o.onnx", ExportConfig())
 
 
-def test_refuses_pickled_code_in_head(tiny_checkpoint, tmp_path, data_dir):
+def test_refuses_pickled_code_in_head(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "ck")
     marker = tmp_path / "pwned"
 
@@ -201,15 +201,15 @@ def test_refuses_pickled_code_in_head(tiny_checkpoint, tmp_path, data_dir):
 
     torch.save({"1.weight": Evil(), "1.bias": torch.zeros(1)}, bad / "head_weights.pt")
     with pytest.raises(CheckpointError, match="only tensor state dicts"):
-        export(bad, tmp_path / "o.onnx", ExportConfig(data_dir=str(data_dir)))
+        export(bad, tmp_path / "o.onnx", ExportConfig())
     assert not marker.exists()
 
 
-def test_over_budget_writes_nothing_and_keeps_previous_file(tiny_checkpoint, tmp_path, data_dir):
+def test_over_budget_writes_nothing_and_keeps_previous_file(tiny_checkpoint, tmp_path):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")
     impossible = FidelityBudget(max_mean_abs=0.0, max_abs=0.0, min_spearman=1.0, min_agreement=1.0)
-    cfg = ExportConfig(precision="int8", data_dir=str(data_dir), validation_size=50,
+    cfg = ExportConfig(precision="int8", validation_size=50,
                        calibration_size=16, budget=impossible)
     with pytest.raises(FidelityError, match="over its fidelity budget") as info:
         export(tiny_checkpoint, out, cfg)
@@ -277,11 +277,11 @@ def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_in
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [21]
 
 
-def test_int8_with_token2_and_block_schemes(tiny_checkpoint, tmp_path, data_dir, tiny_reference, dev_pairs):
+def test_int8_with_token2_and_block_schemes(tiny_checkpoint, tmp_path, tiny_reference, dev_pairs):
     """The non-default schemes (two-level integer GEMM, MatMulNBits) through the same search and gate."""
     out = tmp_path / "tb.onnx"
     report = export(tiny_checkpoint, out, ExportConfig(
-        precision="int8", data_dir=str(data_dir), validation_size=200, calibration_size=64,
+        precision="int8", validation_size=200, calibration_size=64,
         integer_schemes=["token", "token2"], weight_only="block"))
     assert report.passed and set(report.plan) <= {"token", "token2", "block", "fp32"}, report.plan
     _check_plan_in_graph(out, report)
@@ -368,7 +368,7 @@ def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
         ExportConfig(gate_retries=-1)
 
 
-def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpoint, tmp_path, data_dir):
+def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpoint, tmp_path):
     """A plan that fits the calibration pairs but fails the held-out gate is not the end of the
     export: the next plan of the ladder is verified and written, and both are on record."""
     seen = []
@@ -381,7 +381,7 @@ def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpo
     loose = RejectFirst(max_mean_abs=1.0, max_abs=1.0, min_spearman=-1.0, min_agreement=0.0)
     out = tmp_path / "retry.onnx"
     report = export(tiny_checkpoint, out, ExportConfig(
-        precision="int8", data_dir=str(data_dir), validation_size=50, calibration_size=16,
+        precision="int8", validation_size=50, calibration_size=16,
         sensitivity_size=8, budget=loose))
     n = 6 * 2  # per layer: Q, K, V, attention output, FFN in, FFN out; 2 layers
     assert len(seen) == 2 and report.passed

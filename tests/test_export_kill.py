@@ -19,9 +19,9 @@ from rewardrt.export.workdir import PREFIX, export_workdir, remove_stale_workdir
 from rewardrt.runtime.integrity import check_artifact
 
 
-def _start(checkpoint: Path, out: Path, data_dir: Path, log: Path) -> subprocess.Popen:
+def _start(checkpoint: Path, out: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rewardrt", "export", str(checkpoint), "-o", str(out), "--precision", "fp32",
-           "--validation-size", "50", "--data-dir", str(data_dir), "--threads", "1"]
+           "--validation-size", "50", "--threads", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -32,14 +32,14 @@ def _midway(folder: Path) -> bool:
     return any((w / "traced.onnx").exists() or (w / "fused.onnx").exists() for w in folder.glob(PREFIX + "*"))
 
 
-def test_killed_export_keeps_the_previous_file(tiny_checkpoint, tiny_fp32, data_dir, tmp_path):
+def test_killed_export_keeps_the_previous_file(tiny_checkpoint, tiny_fp32, tmp_path):
     previous = tiny_fp32[0].read_bytes()
     runs = {}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         folder = tmp_path / sig.name
         folder.mkdir()
         (folder / "OUT.onnx").write_bytes(previous)
-        runs[sig] = (folder, _start(tiny_checkpoint, folder / "OUT.onnx", data_dir, tmp_path / f"{sig.name}.log"))
+        runs[sig] = (folder, _start(tiny_checkpoint, folder / "OUT.onnx", tmp_path / f"{sig.name}.log"))
     pending = dict(runs)
     deadline = time.monotonic() + 240
     while pending:
@@ -63,7 +63,7 @@ def test_killed_export_keeps_the_previous_file(tiny_checkpoint, tiny_fp32, data_
             assert len(stale) == 1 and sorted(left) == sorted(["OUT.onnx", *stale])
             # the next export to this folder removes it, even one that then fails
             with pytest.raises(CheckpointError):
-                export(folder / "no-checkpoint", folder / "OUT.onnx", ExportConfig(data_dir=str(data_dir)))
+                export(folder / "no-checkpoint", folder / "OUT.onnx", ExportConfig())
             assert sorted(p.name for p in folder.iterdir()) == ["OUT.onnx"]
             assert check_artifact(folder / "OUT.onnx") == 2
 

@@ -75,12 +75,28 @@ def test_input_lists_are_not_modified(fp32):
     assert resps == ["b", "a"] and refs == ["x", "y"]
 
 
-def test_long_texts_truncated_like_reference(fp32, tiny_reference):
-    long = "word " * 2000
-    assert fp32.score(long, "ref") == pytest.approx(tiny_reference.score(long, "ref"), abs=1e-5)
-    short = RewardModel(fp32.path, max_length=16)
+@pytest.mark.parametrize("truncation", ["keep_response_end", "keep_start"])
+def test_long_texts_truncated_like_reference(fp32, tiny_checkpoint, truncation):
+    from rewardrt.export.reference import TorchReward
+
+    long = "word " * 2000 + "the final answer is 72"
+    ours = RewardModel(fp32.path, truncation=truncation)
+    ref = TorchReward(tiny_checkpoint, truncation=truncation)
+    assert ours.score(long, "ref") == pytest.approx(ref.score(long, "ref"), abs=1e-5)
+    assert ours.truncated([long, "short"], "ref") == [True, False]
+    short = RewardModel(fp32.path, max_length=16, truncation=truncation)
     assert short.max_length == 16
-    assert short.score(long, "ref") == short.score(long + " more", "ref")
+    if truncation == "keep_start":  # the end of the text is cut: what comes last does not count
+        assert short.score(long, "ref") == short.score(long + " more", "ref")
+        assert short.score(long, "ref") != short.score("other " + long, "ref")
+    else:  # the end of the response is kept: what comes first does not count
+        assert short.score(long, "ref") == short.score("other " + long, "ref")
+        assert short.score(long, "ref") != short.score(long + " 73", "ref")
+
+
+def test_unknown_truncation_is_refused(tiny_fp32):
+    with pytest.raises(ValueError, match="truncation must be one of 'keep_response_end', 'keep_start'"):
+        RewardModel(tiny_fp32[0], truncation="left")
 
 
 @pytest.mark.parametrize("call,exc,match", [

@@ -113,7 +113,7 @@ def test_shipped_recipe_loads(tmp_path):
         train.Recipe.load(bad)
 
 
-def test_trial_recipes_load_and_point_at_the_shared_data():
+def test_trial_recipes_load_and_name_data_files_relative_to_the_data_folder():
     from pathlib import Path
 
     trials = sorted((Path(__file__).parents[1] / "models" / "equiv-minilm-l6" / "trials").glob("*.json"))
@@ -125,9 +125,8 @@ def test_trial_recipes_load_and_point_at_the_shared_data():
             SoupRecipe.load(path)  # its runs' recipes are trials too, checked here themselves
             continue
         r = train.Recipe.load(path)
-        assert (path.parent / r.train_data).resolve().name == "pairs-train.jsonl"
-        assert (path.parent / r.train_data).resolve().exists(), path
-        assert (path.parent / r.train_data).resolve().parent == (path.parent / r.dev_data).resolve().parent
+        # read from --data / $REWARDRT_DATA, never from a path outside the repository
+        assert (r.train_data, r.dev_data) == ("pairs-train.jsonl", "pairs-dev.jsonl"), path
 
 
 @pytest.mark.slow
@@ -388,7 +387,7 @@ def test_train_soup_trains_in_order_resumes_and_averages(tmp_path, caplog):
                  {"name": "b", "recipe": "b.json", "set": {"stop_after_steps": 1}, "init_from_run": "a"}],
         "average": {"a": 1, "b": 3}}))
     out = tmp_path / "out"
-    first = soup.train_soup(tmp_path / "soup.json", out, cpus=2)
+    first = soup.train_soup(tmp_path / "soup.json", out, cpus=2, data=tmp_path)
     assert {n: s["selected_step"] for n, s in first["runs"].items()} == {"a": 2, "b": 1}
     assert "starting from " + str((out / "runs" / "a" / "checkpoint").resolve()) in \
         (out / "runs" / "b" / "train.log").read_text()
@@ -399,9 +398,51 @@ def test_train_soup_trains_in_order_resumes_and_averages(tmp_path, caplog):
     assert set(json.loads((out / "train_log.json").read_text())["dev"]) >= {"confound", "selection"}
 
     caplog.set_level("INFO", logger="rewardrt.models.soup")
-    soup.train_soup(tmp_path / "soup.json", out)  # nothing changed: both runs reused
+    soup.train_soup(tmp_path / "soup.json", out, data=tmp_path)  # nothing changed: both runs reused
     assert "run a: reusing" in caplog.text and "run b: reusing" in caplog.text
     caplog.clear()
     (tmp_path / "a.json").write_text(json.dumps({**small, "seed": 7}))  # a changes, so b's start does
-    soup.train_soup(tmp_path / "soup.json", out)
+    soup.train_soup(tmp_path / "soup.json", out, data=tmp_path)
     assert "reusing" not in caplog.text and "run b: training" in caplog.text
+
+
+def test_training_without_data_says_what_data_is_needed(tmp_path, monkeypatch, capsys):
+    from rewardrt.cli import main
+
+    monkeypatch.delenv("REWARDRT_DATA", raising=False)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"trainable_layers": 1}))  # pairs-train.jsonl, relative to --data
+    with pytest.raises(SystemExit, match=r"training needs labelled sentence pairs .*--data DIR.*REWARDRT_DATA"):
+        main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"--data .* is not a folder"):
+        main(["train", "--recipe", str(recipe), "--data", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match=r"pairs-train.jsonl.* does not exist"):
+        main(["train", "--recipe", str(recipe), "--data", str(tmp_path)])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"b": "x", "source": "s", "similarity": 0.5}', r"bad.jsonl:2: field 'a' is missing"),
+    ('{"a": "x", "b": 3, "source": "s", "similarity": 0.5}', r"bad.jsonl:2: field 'b' must be a string, got int"),
+    ('{"a": "  ", "b": "x", "source": "s", "similarity": 0.5}', r"bad.jsonl:2: field 'a' \(the reference\) is empty"),
+    ('{"a": "x", "b": "y", "source": "s", "similarity": 7}', r"bad.jsonl:2: field 'similarity' must be a number in 0..1"),
+    ('[1, 2]', r"bad.jsonl:2: expected an object"),
+    ('{oops', r"bad.jsonl:2: not JSON"),
+])
+def test_bad_training_rows_name_file_line_and_field(tmp_path, line, match):
+    good = json.dumps({"a": "x", "b": "y", "source": "s", "similarity": 0.5})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(train.DataError, match=match):
+        train.read_pairs(path)
+
+
+def test_short_answer_examples_join_the_training_pairs():
+    import random
+
+    r = train.Recipe(short_answer_groups=3, edits_per_rule=0)
+    pairs = train.build_examples(_rows(), r, random.Random(0))
+    short = pairs[len(_rows()):]
+    assert len(short) > 3 * 8 * 3
+    assert all(a == b for a, b in short)  # the reference first in both epochs
+    assert {t for (_, _, t), _ in short} == {r.short_positive_target, r.short_negative_target}

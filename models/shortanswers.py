@@ -1,0 +1,577 @@
+"""Short-answer pairs, generated: the answers RL rewards are mostly about.
+
+A *group* is one reference answer with responses that give the same answer in other surface forms
+(``positives``) and responses that give a different answer (``negatives``): numbers in digits,
+words, separators, decimals and scientific form with near misses; quantities (money, percentages,
+units) with a wrong number or a wrong unit scale; fractions and their decimal, percent and word
+forms with reciprocals and near values; yes/no and true/false phrasings; multiple-choice letters;
+dates in several formats with off-by-one day, month or year; named entities (full name vs surname,
+unambiguous aliases) against another entity of the same kind; wrappers RL rollouts produce
+("The answer is X.", ``\\boxed{X}``, "#### X", a worked solution before the final answer, where
+intermediate numbers must not count); empty responses.
+
+Two template sets that share no surface template: ``TRAIN`` (the training data of the default
+model) and ``PROBE`` (``rewardrt eval``'s short-answer section). Entities are split the same way,
+so a probe never asks about a name the training data used. Everything is pure Python and seeded:
+the same seed and template set give the same groups on every machine, torch-free.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+KINDS = ("number", "quantity", "fraction", "yesno", "option", "date", "entity", "worked")
+
+
+@dataclass(frozen=True)
+class Group:
+    kind: str
+    reference: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+
+
+# --- number words ----------------------------------------------------------------------------------
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"))
+
+
+def number_words(n: int) -> str:
+    """English words of an integer: 72 -> 'seventy-two', 1205 -> 'one thousand two hundred five'."""
+    if n < 0:
+        return "minus " + number_words(-n)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        return f"{_ONES[hundreds]} hundred" + (f" {number_words(rest)}" if rest else "")
+    for scale, name in _SCALES:
+        if n >= scale:
+            head, rest = divmod(n, scale)
+            return f"{number_words(head)} {name}" + (f" {number_words(rest)}" if rest else "")
+    raise AssertionError(n)  # unreachable: every n >= 1000 has a scale
+
+
+def _thousands(n: int, sep: str = ",") -> str:
+    return f"{n:,}".replace(",", sep)
+
+
+# --- template sets -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Templates:
+    """The surface templates of one set. ``{}`` marks where the answer goes."""
+
+    wrappers: tuple[str, ...]             # around any final answer
+    yes: tuple[str, ...]                  # phrasings of an affirmative answer
+    no: tuple[str, ...]
+    true: tuple[str, ...]
+    false: tuple[str, ...]
+    option: tuple[str, ...]               # {L}: the letter, {T}: the option's text
+    worked_steps: tuple[tuple[str, str], ...]  # (one reasoning step "{a} op {b} = {c}", its op: + - *)
+    worked_endings: tuple[str, ...]       # the conclusion carrying the final answer {}
+    year: tuple[str, ...]                 # a year alone
+    entities_half: int                    # 0: the first half of each entity list, 1: the second
+    extra: dict = field(default_factory=dict)
+
+
+TRAIN = Templates(
+    wrappers=("{}", "The answer is {}.", "Final answer: {}", "#### {}", "\\boxed{{{}}}", "Answer: {}",
+              "So the answer is {}.", "**{}**", "The answer is \\boxed{{{}}}.", "{}."),
+    yes=("Yes", "yes", "Yes.", "Yes, it is.", "Yes, that is correct.", "Correct.", "That's right.",
+         "Affirmative.", "Indeed, yes."),
+    no=("No", "no", "No.", "No, it is not.", "No, that is not correct.", "Incorrect.", "That's wrong.",
+        "Negative.", "Not at all."),
+    true=("True", "true", "True.", "It is true.", "The statement is true.", "T"),
+    false=("False", "false", "False.", "It is false.", "The statement is false.", "F"),
+    option=("{L}", "({L})", "Option {L}", "The correct option is {L}", "{L}) {T}", "Answer: {L}",
+            "The answer is ({L}).", "{L}. {T}"),
+    worked_steps=(("First, {a} + {b} = {c}.", "+"), ("We have {a} * {b} = {c}.", "*"),
+                  ("Then {a} - {b} = {c}.", "-"), ("Next, {a} + {b} gives {c}.", "+"),
+                  ("Multiplying, {a} x {b} = {c}.", "*"), ("So {a} minus {b} is {c}.", "-")),
+    worked_endings=("The answer is {}.", "Final answer: {}", "#### {}", "Therefore the answer is \\boxed{{{}}}.",
+                    "So the total is {}.", "Answer: {}"),
+    year=("{}", "in {}", "the year {}", "In {}."),
+    entities_half=0,
+)
+
+PROBE = Templates(
+    wrappers=("The final answer is {}.", "**Answer:** {}", "The result is {}.", "$\\boxed{{{}}}$",
+              "Final Answer: The final answer is {}. I hope it is correct.", "I believe it is {}.",
+              "{} is the answer.", "ANSWER: {}", "Result = {}", "My answer: {}"),
+    yes=("Yep.", "Yes, definitely.", "Sure, yes.", "The answer is yes.", "Yes, that's true.", "It is, yes."),
+    no=("Nope.", "No, definitely not.", "Certainly not.", "The answer is no.", "No, that's false.",
+        "It is not."),
+    true=("The answer is true.", "That statement is true.", "TRUE", "Answer: True"),
+    false=("The answer is false.", "That statement is false.", "FALSE", "Answer: False"),
+    option=("[{L}]", "Choice {L}", "I pick {L}.", "The right choice is ({L}).", "{L}: {T}",
+            "Option ({L}) {T}"),
+    worked_steps=(("Adding {a} and {b} we get {c}.", "+"), ("Since {a} times {b} equals {c}, we continue.", "*"),
+                  ("Subtracting {b} from {a} leaves {c}.", "-"), ("Now {a} plus {b} makes {c}.", "+"),
+                  ("{a} multiplied by {b} is {c}.", "*")),
+    worked_endings=("The final answer is {}.", "Hence the result is {}.", "ANSWER: {}",
+                    "Putting it together we obtain $\\boxed{{{}}}$.", "In total that is {}."),
+    year=("year {}", "It was {}.", "The year was {}."),
+    entities_half=1,
+)
+
+
+# --- entities: (canonical, other correct forms) in categories; a negative is another of the category
+
+_ENTITIES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "person": [
+        ("Albert Einstein", ("Einstein",)), ("Marie Curie", ("Curie",)), ("Isaac Newton", ("Newton",)),
+        ("Charles Darwin", ("Darwin",)), ("Ada Lovelace", ("Lovelace",)), ("Nikola Tesla", ("Tesla",)),
+        ("Galileo Galilei", ("Galileo",)), ("Leonardo da Vinci", ("da Vinci", "Leonardo")),
+        ("William Shakespeare", ("Shakespeare",)), ("Jane Austen", ("Austen",)),
+        ("Abraham Lincoln", ("Lincoln",)), ("Napoleon Bonaparte", ("Napoleon",)),
+        ("Wolfgang Amadeus Mozart", ("Mozart",)), ("Ludwig van Beethoven", ("Beethoven",)),
+        ("Alan Turing", ("Turing",)), ("Sigmund Freud", ("Freud",)), ("Pablo Picasso", ("Picasso",)),
+        ("Vincent van Gogh", ("van Gogh",)), ("Johannes Kepler", ("Kepler",)),
+        ("Nicolaus Copernicus", ("Copernicus",)), ("Mahatma Gandhi", ("Gandhi",)),
+        ("Winston Churchill", ("Churchill",)), ("Leo Tolstoy", ("Tolstoy",)), ("Mark Twain", ("Twain",)),
+        ("Dmitri Mendeleev", ("Mendeleev",)), ("Louis Pasteur", ("Pasteur",)),
+        ("Gregor Mendel", ("Mendel",)), ("Rosalind Franklin", ("Franklin",)),
+        ("Frida Kahlo", ("Kahlo",)), ("Johann Sebastian Bach", ("Bach",)),
+        ("Emily Dickinson", ("Dickinson",)), ("Niels Bohr", ("Bohr",)), ("Max Planck", ("Planck",)),
+        ("Michael Faraday", ("Faraday",)), ("James Clerk Maxwell", ("Maxwell",)),
+        ("Florence Nightingale", ("Nightingale",)), ("Confucius", ("Kong Fuzi",)),
+        ("Aristotle", ("Aristotle of Stagira",)), ("Cleopatra", ("Cleopatra VII",)),
+        ("Martin Luther King Jr.", ("Martin Luther King", "MLK")),
+    ],
+    "place": [
+        ("Paris", ("Paris, France",)), ("Tokyo", ("Tokyo, Japan",)), ("Canberra", ("Canberra, Australia",)),
+        ("Ottawa", ("Ottawa, Canada",)), ("Nairobi", ("Nairobi, Kenya",)), ("Lima", ("Lima, Peru",)),
+        ("Madrid", ("Madrid, Spain",)), ("Cairo", ("Cairo, Egypt",)), ("Brasilia", ("Brasília",)),
+        ("Beijing", ("Peking",)), ("Mumbai", ("Bombay",)), ("New York City", ("NYC", "New York")),
+        ("United States", ("USA", "the United States of America", "the US")),
+        ("United Kingdom", ("UK", "Britain")), ("Germany", ("Deutschland",)), ("Japan", ("Nippon",)),
+        ("Mount Everest", ("Everest",)), ("the Pacific Ocean", ("Pacific", "the Pacific")),
+        ("the Nile", ("Nile River", "the River Nile")), ("the Amazon", ("Amazon River",)),
+        ("the Sahara", ("Sahara Desert",)), ("Lake Victoria", ("Victoria",)), ("Antarctica", ("the Antarctic continent",)),
+        ("Rome", ("Roma",)), ("Vienna", ("Wien",)), ("Moscow", ("Moskva",)), ("Athens", ("Athina",)),
+        ("Istanbul", ("Constantinople",)), ("Buenos Aires", ("Buenos Aires, Argentina",)),
+        ("Mexico City", ("Ciudad de México",)), ("Seoul", ("Seoul, South Korea",)),
+        ("Jakarta", ("Jakarta, Indonesia",)), ("Oslo", ("Oslo, Norway",)), ("Dublin", ("Dublin, Ireland",)),
+        ("Lisbon", ("Lisboa",)), ("Warsaw", ("Warszawa",)), ("Prague", ("Praha",)),
+        ("the Alps", ("Alps", "the Alpine range")), ("Iceland", ("Ísland",)), ("Egypt", ("Arab Republic of Egypt",)),
+    ],
+    "chemical": [
+        ("water", ("H2O", "H₂O")), ("carbon dioxide", ("CO2", "CO₂")), ("sodium chloride", ("NaCl", "table salt")),
+        ("oxygen", ("O2", "O₂")), ("methane", ("CH4",)), ("ammonia", ("NH3",)), ("glucose", ("C6H12O6",)),
+        ("sulfuric acid", ("H2SO4",)), ("hydrochloric acid", ("HCl",)), ("ethanol", ("C2H5OH", "ethyl alcohol")),
+        ("gold", ("Au",)), ("iron", ("Fe",)), ("sodium", ("Na",)), ("potassium", ("K",)), ("silver", ("Ag",)),
+        ("copper", ("Cu",)), ("lead", ("Pb",)), ("mercury", ("Hg",)), ("helium", ("He",)), ("nitrogen", ("N2",)),
+        ("hydrogen peroxide", ("H2O2",)), ("calcium carbonate", ("CaCO3",)), ("ozone", ("O3",)),
+        ("carbon monoxide", ("CO",)), ("tin", ("Sn",)), ("zinc", ("Zn",)), ("uranium", ("U",)),
+        ("neon", ("Ne",)), ("acetic acid", ("CH3COOH", "ethanoic acid")), ("benzene", ("C6H6",)),
+    ],
+    "title": [
+        ("Pride and Prejudice", ("Pride & Prejudice",)), ("War and Peace", ("War & Peace",)),
+        ("Hamlet", ("The Tragedy of Hamlet",)), ("Nineteen Eighty-Four", ("1984",)),
+        ("The Great Gatsby", ("Great Gatsby",)), ("Moby-Dick", ("Moby Dick",)),
+        ("One Hundred Years of Solitude", ("100 Years of Solitude",)), ("Don Quixote", ("Don Quijote",)),
+        ("The Odyssey", ("Odyssey",)), ("Crime and Punishment", ("Crime & Punishment",)),
+        ("Star Wars", ("Star Wars: A New Hope",)), ("The Godfather", ("Godfather",)),
+        ("Casablanca", ("Casablanca (1942)",)), ("The Lord of the Rings", ("LOTR", "Lord of the Rings")),
+        ("Harry Potter and the Philosopher's Stone", ("Harry Potter and the Sorcerer's Stone",)),
+        ("The Origin of Species", ("On the Origin of Species",)), ("Brave New World", ("Brave New World (1932)",)),
+        ("Jane Eyre", ("Jane Eyre: An Autobiography",)), ("Ulysses", ("Ulysses by Joyce",)),
+        ("Frankenstein", ("Frankenstein; or, The Modern Prometheus",)), ("The Divine Comedy", ("Divina Commedia",)),
+        ("Les Misérables", ("Les Miserables",)), ("The Republic", ("Plato's Republic",)),
+        ("Macbeth", ("The Tragedy of Macbeth",)), ("Dracula", ("Bram Stoker's Dracula",)),
+        ("The Hobbit", ("Hobbit",)), ("Citizen Kane", ("Citizen Kane (1941)",)), ("Vertigo", ("Vertigo (1958)",)),
+    ],
+}
+
+_OPTION_TEXTS = ("photosynthesis", "evaporation", "gravity", "friction", "mitosis", "erosion", "inertia",
+                 "a mammal", "a reptile", "an insect", "the heart", "the liver", "the lungs", "Mars", "Venus",
+                 "Jupiter", "increases", "decreases", "stays the same", "cannot be determined", "hydrogen",
+                 "oxygen", "nitrogen", "carbon", "the mitochondria", "the nucleus", "the ribosome",
+                 "1 only", "2 only", "both 1 and 2", "neither 1 nor 2", "all of the above", "none of the above")
+
+_MONTHS = ("January February March April May June July August September October November December").split()
+_UNITS = (  # (symbol, singular, plural, alternatives); scale family for wrong-scale negatives
+    ("km", "kilometer", "kilometers", ("kilometres",), "length"),
+    ("m", "meter", "meters", ("metres",), "length"),
+    ("cm", "centimeter", "centimeters", ("centimetres",), "length"),
+    ("kg", "kilogram", "kilograms", ("kilos",), "mass"),
+    ("g", "gram", "grams", ("grammes",), "mass"),
+    ("h", "hour", "hours", ("hrs",), "time"),
+    ("min", "minute", "minutes", ("mins",), "time"),
+    ("s", "second", "seconds", ("secs",), "time"),
+    ("L", "liter", "liters", ("litres",), "volume"),
+    ("mL", "milliliter", "milliliters", ("millilitres",), "volume"),
+)
+
+
+# --- generators: each returns one Group -----------------------------------------------------------------
+
+def _near_ints(n: int, rng: random.Random) -> list[int]:
+    """Different numbers a wrong answer gives: +-1, +-10, a digit swap, x10 or /10, the sign."""
+    out = {n + 1, n - 1, n + 10, n - 10, n * 10}
+    if n % 10 == 0 and n:
+        out.add(n // 10)
+    digits = list(str(abs(n)))
+    if len(digits) >= 2:
+        i = rng.randrange(len(digits) - 1)
+        digits[i], digits[i + 1] = digits[i + 1], digits[i]
+        swapped = int("".join(digits)) * (1 if n >= 0 else -1)
+        out.add(swapped)
+    if n:
+        out.add(-n)
+    out.discard(n)
+    return sorted(out)
+
+
+def _int_forms(n: int, rng: random.Random) -> list[str]:
+    forms = [str(n)]
+    if abs(n) <= 10**6 and rng.random() < 0.8:
+        forms.append(number_words(n))
+    if abs(n) >= 1000:
+        forms.append(_thousands(n))
+        if abs(n) % 1000 == 0 or rng.random() < 0.3:
+            mantissa = f"{n / 10 ** (len(str(abs(n))) - 1):g}"
+            exp = len(str(abs(n))) - 1
+            forms.append(rng.choice([f"{mantissa}e{exp}", f"{mantissa} x 10^{exp}", f"{mantissa} × 10^{exp}"]))
+    if rng.random() < 0.3:
+        forms.append(f"{n}.0" if rng.random() < 0.5 else f"{n}.00")
+    return forms
+
+
+def _wrap(t: Templates, answer: str, rng: random.Random) -> str:
+    return rng.choice(t.wrappers).format(answer)
+
+
+def _pick(forms: Sequence[str], k: int, rng: random.Random) -> list[str]:
+    return rng.sample(list(forms), min(k, len(forms)))
+
+
+def _number(t: Templates, rng: random.Random) -> Group:
+    r = rng.random()
+    if r < 0.55:
+        n = rng.randint(0, 120)
+    elif r < 0.85:
+        n = rng.randint(100, 9999)
+    elif r < 0.93:
+        n = rng.randint(10_000, 5_000_000) // rng.choice([1, 100, 1000]) * rng.choice([1, 100, 1000])
+    else:
+        n = -rng.randint(1, 500)
+    if rng.random() < 0.15:  # a decimal answer
+        d = rng.randint(1, 99)
+        value = f"{n}.{d:02d}".rstrip("0")
+        wrong = [f"{n}.{(d + 1) % 100:02d}".rstrip("0").rstrip("."), f"{n + 1}.{d:02d}".rstrip("0"),
+                 f"{n}.{d:02d}"[:-1] if d >= 10 and d % 10 else str(n)]
+        positives = [value, _wrap(t, value, rng), value + "0"]
+        return Group("number", value, tuple(dict.fromkeys(positives)),
+                     tuple(dict.fromkeys(_wrap(t, w, rng) if rng.random() < 0.5 else w
+                                         for w in wrong if w != value and w != value + "0")))
+    forms = _int_forms(n, rng)
+    reference = forms[0] if rng.random() < 0.8 else rng.choice(forms)
+    positives = [f if rng.random() < 0.5 else _wrap(t, f, rng) for f in _pick(forms, 3, rng)]
+    wrong = _pick(_near_ints(n, rng), 3, rng)
+    negatives = [(str(w) if rng.random() < 0.7 else rng.choice(_int_forms(w, rng))) for w in wrong]
+    negatives = [w if rng.random() < 0.5 else _wrap(t, w, rng) for w in negatives]
+    return Group("number", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+def _money(n: int, cents: int | None, rng: random.Random) -> list[str]:
+    if cents is None:
+        return [f"${n}", f"{n} dollars", f"${n}.00", f"USD {n}", f"{number_words(n)} dollars" if n < 1000 else f"${_thousands(n)}"]
+    if n == 0:
+        return [f"${0}.{cents:02d}", f"{cents} cents", f"{number_words(cents)} cents"]
+    return [f"${n}.{cents:02d}", f"{n} dollars and {cents} cents", f"{n}.{cents:02d} dollars"]
+
+
+def _quantity(t: Templates, rng: random.Random) -> Group:
+    r = rng.random()
+    if r < 0.35:  # money
+        n = rng.randint(0, 2000) if rng.random() < 0.8 else rng.randint(2000, 90_000)
+        cents = rng.randint(1, 99) if rng.random() < 0.3 else None
+        if cents is None and n == 0:
+            n = 1
+        forms = _money(n, cents, rng)
+        if cents is None:
+            wrong = [_money(w, None, rng)[0] for w in _pick([x for x in _near_ints(n, rng) if x > 0], 2, rng)]
+            wrong.append(f"{n} cents")  # a wrong unit scale
+        else:
+            wrong = [_money(n, (cents % 99) + 1, rng)[0], _money(n + 1, cents, rng)[0], f"${cents}.{n % 100:02d}"]
+    elif r < 0.6:  # percentages
+        n = rng.randint(1, 100)
+        forms = [f"{n}%", f"{n} percent", f"{n} per cent", f"{n}.0%"]
+        wrong = [f"{w}%" for w in _pick([x for x in _near_ints(n, rng) if x > 0], 2, rng)] + [f"0.{n:02d}%"]
+    else:  # units
+        sym, one, many, alts, family = rng.choice(_UNITS)
+        n = rng.randint(1, 500)
+        name = one if n == 1 else many
+        forms = [f"{n} {sym}", f"{n}{sym}", f"{n} {name}"] + [f"{n} {a}" for a in alts if n != 1]
+        others = [u for u in _UNITS if u[4] == family and u[0] != sym]
+        wrong = [f"{w} {sym}" for w in _pick([x for x in _near_ints(n, rng) if x > 0], 2, rng)]
+        if others:
+            o = rng.choice(others)
+            wrong.append(f"{n} {o[0] if rng.random() < 0.5 else (o[1] if n == 1 else o[2])}")
+    reference = forms[0] if rng.random() < 0.7 else rng.choice(forms)
+    positives = [f if rng.random() < 0.5 else _wrap(t, f, rng) for f in _pick(forms, 3, rng)]
+    negatives = [w if rng.random() < 0.5 else _wrap(t, w, rng) for w in wrong]
+    return Group("quantity", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+_FRACTION_WORDS = {2: ("half", "halves"), 3: ("third", "thirds"), 4: ("quarter", "quarters"),
+                   5: ("fifth", "fifths"), 8: ("eighth", "eighths"), 10: ("tenth", "tenths")}
+
+
+def _fraction_forms(p: int, q: int) -> list[str]:
+    forms = [f"{p}/{q}", f"\\frac{{{p}}}{{{q}}}"]
+    value = p / q
+    decimal = f"{value:.4f}".rstrip("0").rstrip(".")
+    if len(decimal) <= 6 and abs(value - float(decimal)) < 1e-12:  # exact decimals only
+        forms.append(decimal)
+        if q in (2, 4, 5, 10, 20, 25, 50, 100):
+            forms.append(f"{value * 100:g}%")
+    if q in _FRACTION_WORDS and p < q:
+        one, many = _FRACTION_WORDS[q]
+        forms.append(f"{number_words(p)} {one if p == 1 else many}" if not (q == 2 and p == 1) else "one half")
+    forms.append(f"{2 * p}/{2 * q}")  # an unreduced equal fraction
+    return forms
+
+
+def _fraction(t: Templates, rng: random.Random) -> Group:
+    from math import gcd
+
+    while True:
+        q = rng.choice([2, 3, 4, 5, 8, 10, 6, 7, 9, 12, 20, 25])
+        p = rng.randint(1, 2 * q)
+        if gcd(p, q) == 1 and p != q:
+            break
+    forms = _fraction_forms(p, q)
+    reference = forms[0] if rng.random() < 0.75 else rng.choice(forms[:3])
+    positives = [f if rng.random() < 0.5 else _wrap(t, f, rng) for f in _pick(forms, 3, rng)]
+    wrong = [(q, p), (p + 1, q), (p, q + 1)]
+    if p > 1:
+        wrong.append((p - 1, q))
+    negatives = []
+    for wp, wq in _pick(wrong, 3, rng):
+        if wp * q == p * wq:
+            continue
+        wforms = _fraction_forms(wp, wq)
+        w = wforms[0] if rng.random() < 0.6 else rng.choice(wforms)
+        negatives.append(w if rng.random() < 0.5 else _wrap(t, w, rng))
+    return Group("fraction", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+def _yesno(t: Templates, rng: random.Random) -> Group:
+    boolean = rng.random() < 0.35
+    yes, no = (t.true, t.false) if boolean else (t.yes, t.no)
+    answer = rng.random() < 0.5
+    reference = rng.choice((("True", "true") if answer else ("False", "false")) if boolean
+                           else (("Yes", "yes") if answer else ("No", "no")))
+    same, other = (yes, no) if answer else (no, yes)
+    return Group("yesno", reference, tuple(_pick(same, 3, rng)), tuple(_pick(other, 3, rng)))
+
+
+def _option(t: Templates, rng: random.Random) -> Group:
+    n_options = rng.choice([4, 4, 5])
+    letters = "ABCDE"[:n_options]
+    texts = rng.sample(_OPTION_TEXTS, n_options)
+    i = rng.randrange(n_options)
+    letter, text = letters[i], texts[i]
+    reference = rng.choice([letter, letter, f"({letter})", f"{letter}) {text}"])
+    positives = [tpl.format(L=letter, T=text) for tpl in _pick(t.option, 3, rng)]
+    wrong = [j for j in range(n_options) if j != i]
+    negatives = [rng.choice(t.option).format(L=letters[j], T=texts[j]) for j in _pick(wrong, 3, rng)]
+    return Group("option", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+def _date_forms(y: int, m: int, d: int) -> list[str]:
+    month = _MONTHS[m - 1]
+    return [f"{y:04d}-{m:02d}-{d:02d}", f"{d} {month} {y}", f"{month} {d}, {y}", f"{month[:3]} {d}, {y}",
+            f"{d} {month[:3]} {y}", f"{month} {d} {y}"]
+
+
+def _date(t: Templates, rng: random.Random) -> Group:
+    y = rng.randint(1800, 2035)
+    if rng.random() < 0.3:  # a year alone
+        reference = str(y)
+        positives = [rng.choice(t.year).format(y) for _ in range(2)] + [str(y)]
+        wrong = _pick([y - 1, y + 1, y + 10, y - 100, int(str(y)[:2] + str(y)[3] + str(y)[2])], 3, rng)
+        negatives = [rng.choice(t.year).format(w) if rng.random() < 0.5 else str(w) for w in wrong if w != y]
+        return Group("date", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+    m, d = rng.randint(1, 12), rng.randint(1, 28)
+    forms = _date_forms(y, m, d)
+    reference = rng.choice(forms[:3])
+    positives = [f if rng.random() < 0.6 else _wrap(t, f, rng) for f in _pick(forms, 3, rng)]
+    wrong = [(y, m, d + 1), (y, m, d - 1 if d > 1 else d + 2), (y, m % 12 + 1, d), (y + 1, m, d), (y - 1, m, d)]
+    negatives = []
+    for wy, wm, wd in _pick(wrong, 3, rng):
+        w = rng.choice(_date_forms(wy, wm, wd))
+        negatives.append(w if rng.random() < 0.6 else _wrap(t, w, rng))
+    return Group("date", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+def _entity_pool(t: Templates, category: str) -> list[tuple[str, tuple[str, ...]]]:
+    items = _ENTITIES[category]
+    half = len(items) // 2
+    return items[:half] if t.entities_half == 0 else items[half:]
+
+
+def _entity(t: Templates, rng: random.Random) -> Group:
+    category = rng.choice(sorted(_ENTITIES))
+    pool = _entity_pool(t, category)
+    name, aliases = rng.choice(pool)
+    forms = [name, *aliases]
+    reference = name if rng.random() < 0.8 else rng.choice(forms)
+    positives = [f if rng.random() < 0.5 else _wrap(t, f, rng) for f in _pick(forms, 3, rng)]
+    others = [e for e in pool if e[0] != name]
+    negatives = []
+    for other, other_aliases in _pick(others, 3, rng):
+        w = other if rng.random() < 0.6 else rng.choice((other, *other_aliases))
+        negatives.append(w if rng.random() < 0.5 else _wrap(t, w, rng))
+    return Group("entity", reference, tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
+def reasoning_steps(t: Templates, rng: random.Random, must_mention: int | None, k: int) -> list[str]:
+    """``k`` arithmetic steps with correct arithmetic; one of them results in ``must_mention``."""
+    out = []
+    mention_at = rng.randrange(k) if must_mention is not None else -1
+    for i in range(k):
+        a, b = rng.randint(2, 60), rng.randint(2, 30)
+        tpl, op = rng.choice(t.worked_steps)
+        if i == mention_at:  # an addition or subtraction whose result is the mentioned number
+            tpl, op = rng.choice([s for s in t.worked_steps if s[1] != "*"])
+            b = rng.randint(1, 30)
+            a = must_mention - b if op == "+" else must_mention + b
+        c = a * b if op == "*" else (a - b if op == "-" else a + b)
+        out.append(tpl.format(a=a, b=b, c=c))
+    return out
+
+
+def _worked(t: Templates, rng: random.Random) -> Group:
+    """A worked solution before the final answer: only the final answer counts. Wrong solutions
+    mention the right number along the way; right ones mention wrong numbers."""
+    n = rng.randint(3, 400)
+    wrong = [w for w in _near_ints(n, rng) if w > 0]
+    reference = str(n) if rng.random() < 0.85 else rng.choice(_int_forms(n, rng))
+    positives, negatives = [], []
+    for _ in range(2):
+        k = rng.randint(1, 3)
+        body = reasoning_steps(t, rng, rng.choice(wrong) if rng.random() < 0.7 else None, k)
+        positives.append(" ".join(body + [rng.choice(t.worked_endings).format(n)]))
+    for w in _pick(wrong, 2, rng):
+        k = rng.randint(1, 3)
+        body = reasoning_steps(t, rng, n if rng.random() < 0.8 else None, k)
+        negatives.append(" ".join(body + [rng.choice(t.worked_endings).format(w)]))
+    return Group("worked", reference, tuple(positives), tuple(negatives))
+
+
+GENERATORS: dict[str, Callable[[Templates, random.Random], Group]] = {
+    "number": _number, "quantity": _quantity, "fraction": _fraction, "yesno": _yesno, "option": _option,
+    "date": _date, "entity": _entity, "worked": _worked,
+}
+EMPTY_RESPONSES = ("", " ", "\n", "   \t ", "\n\n")
+
+
+def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
+           kinds: Sequence[str] = KINDS) -> list[Group]:
+    """``per_kind`` groups of each kind, seeded; a share of groups gets an empty or whitespace-only
+    response among its negatives (low against any non-empty reference)."""
+    if per_kind < 0:
+        raise ValueError(f"per_kind must be >= 0, got {per_kind}")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {sorted(unknown)}")
+    rng = random.Random(seed)
+    out = []
+    for kind in kinds:
+        made, tries = 0, 0
+        while made < per_kind and tries < 20 * per_kind:
+            tries += 1
+            g = GENERATORS[kind](templates, rng)
+            positives = tuple(p for p in g.positives if p.strip())
+            negatives = tuple(x for x in g.negatives if x.strip() and x not in positives)
+            if not positives or not negatives or not g.reference.strip():
+                continue
+            if rng.random() < empty_share:
+                negatives += (rng.choice(EMPTY_RESPONSES),)
+            out.append(Group(kind, g.reference, positives, negatives))
+            made += 1
+    return out
+
+
+def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
+                      identity_share: float = 0.5) -> list[tuple[str, str, float]]:
+    """(reference, response, target) rows from ``TRAIN`` groups: every positive at ``positive``,
+    every negative at ``negative``, and for a share of groups the exact match (reference,
+    reference) and an exact match of one of its longer responses, at ``positive``."""
+    rng = random.Random(seed + 1)
+    out = []
+    for g in groups(TRAIN, per_kind, seed):
+        out += [(g.reference, p, positive) for p in g.positives]
+        out += [(g.reference, x, negative) for x in g.negatives]
+        if rng.random() < identity_share:
+            out.append((g.reference, g.reference, positive))
+            longer = rng.choice(g.positives + g.negatives)
+            out.append((longer, longer, positive))
+    return out
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+# (references, responses) -> scores in [0, 1]
+Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact")
+
+
+def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, float]]:
+    """Per kind and ``all``: pairwise order accuracy (a same-answer response above a different-answer
+    one for the same reference; a tie counts half), the share of same-answer responses scored >= 0.5,
+    the share of different-answer responses < 0.5, and the mean score of the exact match (the
+    reference as its own response)."""
+    refs, resps, where = [], [], []
+    for gi, g in enumerate(gs):
+        for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,))):
+            for text in texts:
+                refs.append(g.reference)
+                resps.append(text)
+                where.append((gi, role))
+    scores = [float(s) for s in scorer(refs, resps)] if refs else []
+    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": []} for _ in gs]
+    for (gi, role), s in zip(where, scores):
+        per_group[gi][role].append(s)
+    out: dict[str, dict[str, float]] = {}
+    for kind in [*dict.fromkeys(g.kind for g in gs), "all"]:
+        chosen = [pg for g, pg in zip(gs, per_group) if kind in ("all", g.kind)]
+        order = [1.0 if p > n else 0.5 if p == n else 0.0
+                 for pg in chosen for p in pg["pos"] for n in pg["neg"]]
+        pos = [p for pg in chosen for p in pg["pos"]]
+        neg = [n for pg in chosen for n in pg["neg"]]
+        exact = [e for pg in chosen for e in pg["exact"]]
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
+                     "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
+                     "groups": float(len(chosen)), "pairs": float(len(pos) + len(neg) + len(exact))}
+    return out
+
+
+def format_table(columns: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table: one row per kind and metric, one column per scorer."""
+    names = list(columns)
+    kinds = list(next(iter(columns.values())))
+    lines = ["| kind | metric | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for kind in kinds:
+        n = int(next(iter(columns.values()))[kind]["groups"])
+        for metric in METRICS:
+            cells = []
+            for name in names:
+                v = columns[name][kind][metric]
+                cells.append("–" if v != v else f"{v:.3f}")
+            label = f"**{kind}** (n={n})" if metric == METRICS[0] else ""
+            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
