@@ -37,8 +37,10 @@ bench: setup
 bench-quick: setup
 	$(BIN)/rewardrt bench --quick --out bench-results/quick
 
+# training needs labelled sentence pairs that do not ship with the project (see the model card)
 model: setup
-	$(BIN)/rewardrt train --out .artifacts/equiv-minilm-l6
+	@test -n "$(DATA)" || { echo "make model needs DATA=FOLDER holding pairs-train.jsonl and pairs-dev.jsonl (see models/equiv-minilm-l6/README.md)"; exit 2; }
+	$(BIN)/rewardrt train --data "$(DATA)" --out .artifacts/equiv-minilm-l6
 
 materialize: setup
 	$(BIN)/rewardrt materialize

@@ -55,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="INT8: when the held-out gate rejects the searched plan, verify up to this many "
                         "more with its integer-GEMM MatMuls cut in even steps to none (default 4: 3/4, "
                         "1/2, 1/4, none; 0: fail at once)")
+    p.add_argument("--start-plan", default="default", metavar="default|none|ARTIFACT.onnx",
+                   help="INT8: first try the plan this artifact records and keep it if it fits the search "
+                        "target and the gate, searching only otherwise; default: the embedded default "
+                        "model's plan (it fits checkpoints of its architecture close to it, which makes "
+                        "their export minutes faster); none: always search")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=run)
 
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                            agreement_margin=args.agreement_margin, threads=args.threads,
                            activation_bits=bits, weight_only=args.weight_only,
                            integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries,
-                           one_sided_gelu=args.one_sided_gelu)
+                           one_sided_gelu=args.one_sided_gelu,
+                           start_from=None if args.start_plan == "none" else args.start_plan)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)
     except FidelityError as exc:

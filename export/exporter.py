@@ -12,7 +12,7 @@ import datetime as _dt
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,8 @@ class ExportConfig:
     # ... and at this fraction of the agreement@0.5 slack (None: search_margin). Flips at 0.5 are a
     # count of rare events, so their margin is set against the calibration set's size.
     agreement_margin: float | None = None
-    sensitivity_size: int = 512            # calibration pairs that rank the MatMuls (one trial each)
+    sensitivity_size: int = 160            # calibration pairs that rank the MatMuls (one trial each;
+                                           # the ranking needs fewer pairs than the target check)
     smooth_alpha: float | None = 0.5       # SmoothQuant strength for integer-GEMM MatMuls
     outlier_channels: int = 8              # input channels per MatMul that may stay fp32
     gptq: bool = True                      # error-compensating rounding of integer-GEMM weights
@@ -117,6 +118,14 @@ class ExportConfig:
     # for them are scalar loops, ~2.4x slower (see graph.expand_layer_norms)
     expand_layer_norms: bool = True
     threads: int | None = None
+    # a plan to try before searching (a MatMul name -> scheme dict, as an artifact records it): the
+    # export takes it when it fits the search target and the gate, and searches only otherwise.
+    # None: always search. ``export`` fills it from ``start_from`` (see there).
+    start_plan: dict | None = None
+    # where the start plan comes from: "default" (the embedded default artifact's plan, when this
+    # graph has the same MatMuls: any checkpoint of the default's architecture), a path to an
+    # artifact whose plan to start from, or None (always search)
+    start_from: str | None = "default"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -370,6 +379,14 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
         return _trial_scores(_quantized(fp32, plan, cfg, stats, cache), spec, encoder, pairs, cfg.threads)
 
     start = time.time()
+    if cfg.start_plan is not None:
+        if set(cfg.start_plan) == set(sites) and not over_target(trial(cfg.start_plan, "start")):
+            log.info("the start plan fits the search target: no search")
+            return dict(cfg.start_plan), {"search_target": asdict(target), "start_scheme": "start plan",
+                                          "search": "start plan fits", "search_seconds":
+                                          round(time.time() - start, 1)}, stats, cache
+        log.info("the start plan %s; searching", "is over the search target" if set(cfg.start_plan) == set(sites)
+                 else "names other MatMuls than this graph's")
     # int8 weights everywhere if that fits (small file); otherwise fp32 where it does not
     weight_only = cfg.search_weight_only
     plan = {s: weight_only for s in sites}
@@ -419,6 +436,26 @@ def search_plan(fp32: onnx.ModelProto, cal: Pairs, cal_ref_raw: np.ndarray, cfg:
     return plan, info, stats, cache
 
 
+def recorded_plan(source: str | Path) -> dict[str, str] | None:
+    """The INT8 plan an artifact records; ``"default"``: the embedded default artifact's (None
+    when this build carries none). None for an artifact without a plan (fp32)."""
+    import json
+
+    if source == "default":
+        from rewardrt.models import default_model_path
+
+        path = default_model_path()
+        if not path.is_file():
+            return None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"start plan artifact {str(path)!r} does not exist")
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    plan = json.loads(meta.get(KEY_SPEC, "{}")).get("quantization", {}).get("plan")
+    return dict(plan) if isinstance(plan, dict) and plan else None
+
+
 def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries: int,
                    start_scheme: str, weight_only: str) -> list[dict[str, str]]:
     """Plans to verify, in order, if the held-out gate rejects ``plan``: its integer-GEMM MatMuls
@@ -462,6 +499,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
     config = read_config(files)
     max_length = min(cfg.max_length, config["max_position_embeddings"])
     pair_set = load_pair_set(cfg.calibration)
+    if cfg.precision == "int8" and cfg.start_plan is None and cfg.start_from is not None:
+        cfg = replace(cfg, start_plan=recorded_plan(cfg.start_from))
     reference = TorchReward(files.root, max_length=max_length)
     tokenizer_json = files.tokenizer.read_text(encoding="utf-8")
     val = validation_pairs(pair_set, cfg.validation_size)
@@ -494,15 +533,22 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             cal = calibration_pairs(pair_set, cfg.calibration_size)
             with stages("torch reference"):
                 cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
-            with stages("plan search"):
-                plan, quant_info, stats, cache = search_plan(model, cal, cal_ref, cfg, spec, tokenizer_json)
-            candidates = [plan] + gate_fallbacks(plan, quant_info.get("sensitivity_mean_abs", {}),
-                                                 cfg.gate_retries, quant_info["start_scheme"],
-                                                 cfg.search_weight_only)
+            def searched(search_cfg: ExportConfig):
+                with stages("plan search"):
+                    plan, info, stats, cache = search_plan(model, cal, cal_ref, search_cfg, spec, tokenizer_json)
+                ladder = [] if info.get("search") == "start plan fits" else gate_fallbacks(
+                    plan, info.get("sensitivity_mean_abs", {}), cfg.gate_retries, info["start_scheme"],
+                    cfg.search_weight_only)
+                return [plan] + ladder, info, stats, cache
+
+            candidates, quant_info, stats, cache = searched(cfg)
         fused = model
         candidate = work / "candidate.onnx"
         rejected: list[dict] = []
-        for attempt, plan in enumerate(candidates):
+        attempt = -1
+        while True:
+            attempt += 1
+            plan = candidates[attempt]
             if plan is None:
                 model, info = fused, {}
                 counts_plan = {"fp32": len(quantize.quantizable_matmuls(fused))}
@@ -544,6 +590,13 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
             )
             if not failures:
                 break
+            if attempt == 0 and quant_info.get("search") == "start plan fits":
+                log.warning("held-out gate rejected the start plan %s (%s); searching", counts_plan,
+                            "; ".join(failures))
+                rejected.append({"plan": counts_plan, "failures": failures})
+                more, quant_info, stats, cache = searched(replace(cfg, start_plan=None))
+                candidates += more
+                continue
             if attempt + 1 < len(candidates):
                 log.warning("held-out gate rejected plan %s (%s); retrying with fewer integer-GEMM MatMuls",
                             counts_plan, "; ".join(failures))

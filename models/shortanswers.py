@@ -479,9 +479,10 @@ EMPTY_RESPONSES = ("", " ", "\n", "   \t ", "\n\n")
 
 
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
-           kinds: Sequence[str] = KINDS) -> list[Group]:
-    """``per_kind`` groups of each kind, seeded; a share of groups gets an empty or whitespace-only
-    response among its negatives (low against any non-empty reference)."""
+           kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None) -> list[Group]:
+    """``per_kind`` groups of each kind (times ``weights[kind]``, default 1), seeded; a share of
+    groups gets an empty or whitespace-only response among its negatives (low against any
+    non-empty reference)."""
     if per_kind < 0:
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
     unknown = set(kinds) - set(KINDS)
@@ -491,7 +492,8 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
     out = []
     for kind in kinds:
         made, tries = 0, 0
-        while made < per_kind and tries < 20 * per_kind:
+        wanted = round(per_kind * (weights or {}).get(kind, 1))
+        while made < wanted and tries < 20 * wanted:
             tries += 1
             g = GENERATORS[kind](templates, rng)
             positives = tuple(p for p in g.positives if p.strip())
@@ -506,13 +508,14 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
 
 
 def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
+                      weights: dict[str, float] | None = None,
                       identity_share: float = 0.5) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive at ``positive``,
     every negative at ``negative``, and for a share of groups the exact match (reference,
     reference) and an exact match of one of its longer responses, at ``positive``."""
     rng = random.Random(seed + 1)
     out = []
-    for g in groups(TRAIN, per_kind, seed):
+    for g in groups(TRAIN, per_kind, seed, weights=weights):
         out += [(g.reference, p, positive) for p in g.positives]
         out += [(g.reference, x, negative) for x in g.negatives]
         if rng.random() < identity_share:

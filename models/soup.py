@@ -6,8 +6,12 @@ each run in the average:
 
     {"runs": [{"name": "a", "recipe": "trials/a.json", "set": {"stop_after_steps": 750}},
               {"name": "b", "recipe": "trials/b.json"},
-              {"name": "c", "recipe": "trials/c.json", "init_from_run": "b"}],
+              {"name": "c", "recipe": "trials/c.json", "init_from_run": "b"},
+              {"name": "d", "recipe": "trials/d.json", "init_from_average": {"a": 0.5, "c": 0.5}}],
      "average": {"a": 0.3, "c": 0.7}}
+
+(``init_from_average``: start from the weight average of earlier runs, e.g. to continue a soup on
+new data; ``"average": {"d": 1}`` then releases that continuation alone.)
 
 ``train_soup`` trains the runs into ``OUT/runs/NAME/`` (several at once when their ``threads`` fit
 in the CPUs given; a run whose ``train_log.json`` already records the same recipe is reused, so an
@@ -36,6 +40,7 @@ class Run:
     recipe: str                      # a training recipe, relative to the soup recipe's folder
     set: dict = field(default_factory=dict)   # overrides of that recipe's fields
     init_from_run: str | None = None  # start from this (earlier) run's selected checkpoint
+    init_from_average: dict | None = None  # ... or from the weight average of earlier runs
 
 
 @dataclass
@@ -60,7 +65,7 @@ class SoupRecipe:
             if not isinstance(entry, dict) or set(entry) - set(Run.__dataclass_fields__) or "name" not in entry \
                     or "recipe" not in entry:
                 raise ValueError(f"soup recipe {path}: runs[{i}] must be an object with 'name' and 'recipe' "
-                                 f"(and optionally 'set', 'init_from_run'), got {entry!r}")
+                                 f"(and optionally 'set', 'init_from_run', 'init_from_average'), got {entry!r}")
             run = Run(**entry)
             if run.name in seen:
                 raise ValueError(f"soup recipe {path}: run name {run.name!r} is used twice")
@@ -69,21 +74,40 @@ class SoupRecipe:
                                  "which must be an earlier run")
             if not (path.parent / run.recipe).is_file():
                 raise ValueError(f"soup recipe {path}: run {run.name!r}: no recipe file {run.recipe!r}")
-            if "init_from" in run.set and run.init_from_run is not None:
-                raise ValueError(f"soup recipe {path}: run {run.name!r} sets both init_from and init_from_run")
+            if sum(x is not None for x in (run.set.get("init_from"), run.init_from_run, run.init_from_average)) > 1:
+                raise ValueError(f"soup recipe {path}: run {run.name!r} sets more than one of init_from, "
+                                 "init_from_run and init_from_average")
+            if run.init_from_average is not None:
+                _check_weights(path, f"run {run.name!r}: init_from_average", run.init_from_average, seen)
             Recipe.load(path.parent / run.recipe, run.set)  # unknown or invalid fields fail here
             seen.add(run.name)
             runs.append(run)
         average = data.get("average")
-        if not isinstance(average, dict) or not average:
-            raise ValueError(f"soup recipe {path}: 'average' must map run names to weights")
-        for name, w in average.items():
-            if name not in seen:
-                raise ValueError(f"soup recipe {path}: 'average' names {name!r}, which is not a run")
-            if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0:
-                raise ValueError(f"soup recipe {path}: the weight of {name!r} must be a number > 0, got {w!r}")
-        total = float(sum(average.values()))
-        return cls(runs, {k: v / total for k, v in average.items()}, path.parent)
+        _check_weights(path, "'average'", average, seen, "a run")
+        return cls(runs, _normalized(average), path.parent)
+
+
+def _check_weights(path: Path, what: str, weights: object, runs: set[str], kind: str = "an earlier run") -> None:
+    """``weights`` maps names of ``runs`` to numbers > 0."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"soup recipe {path}: {what} must map run names to weights")
+    for name, w in weights.items():
+        if name not in runs:
+            raise ValueError(f"soup recipe {path}: {what} names {name!r}, which is not {kind}")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0:
+            raise ValueError(f"soup recipe {path}: the weight of {name!r} must be a number > 0, got {w!r}")
+
+
+def _normalized(weights: dict) -> dict[str, float]:
+    total = float(sum(weights.values()))
+    return {k: v / total for k, v in weights.items()}
+
+
+def _starts(run: Run) -> list[str]:
+    """The runs whose checkpoints ``run`` starts from."""
+    if run.init_from_run is not None:
+        return [run.init_from_run]
+    return list(run.init_from_average or {})
 
 
 def is_soup(path: str | Path) -> bool:
@@ -124,7 +148,20 @@ def _member_recipe(run: Run, out: Path) -> dict:
     overrides = dict(run.set)
     if run.init_from_run is not None:
         overrides["init_from"] = str((out / "runs" / run.init_from_run / "checkpoint").resolve())
+    if run.init_from_average is not None:
+        overrides["init_from"] = str((out / "runs" / run.name / "start").resolve())
     return overrides
+
+
+def _write_start(run: Run, out: Path, precisions: dict[str, str]) -> None:
+    """The weight average ``run`` starts from, in OUT/runs/NAME/start."""
+    from rewardrt.models.base import base_model_dir, write_checkpoint
+
+    weights = _normalized(run.init_from_average or {})
+    members = {(out / "runs" / n / "checkpoint"): w for n, w in weights.items()}
+    precision = "float16" if {precisions[n] for n in weights} == {"float16"} else "float32"
+    encoder, head = average_checkpoints(members, precision)
+    write_checkpoint(encoder, head, out / "runs" / run.name / "start", base_model_dir())
 
 
 def _done(run_dir: Path, recipe) -> bool:
@@ -177,7 +214,7 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     finished: dict[str, dict] = {}
     for name, (run, _, _, recipe) in plans.items():
         run_dir = out / "runs" / name
-        if run.init_from_run is not None and run.init_from_run not in finished:
+        if any(n not in finished for n in _starts(run)):
             continue  # its start is retrained, so it is too (its own recipe names only the path)
         if _done(run_dir, recipe):
             log.info("run %s: reusing the finished run in %s", name, run_dir)
@@ -191,10 +228,12 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
             for name in list(pending):
                 run, path, overrides, recipe = plans[name]
                 threads = recipe.threads
-                if run.init_from_run is not None and run.init_from_run not in finished:
+                if any(n not in finished for n in _starts(run)):
                     continue
                 if running and busy + threads > cpus:
                     continue
+                if run.init_from_average is not None:
+                    _write_start(run, out, {n: p[3].release_precision for n, p in plans.items()})
                 log.info("run %s: training (%d thread%s) into %s", name, threads, "s" * (threads > 1),
                          out / "runs" / name)
                 fut = pool.submit(_train_member, str(path), str(out / "runs" / name), overrides, name,

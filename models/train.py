@@ -114,6 +114,8 @@ class Recipe:
     short_answer_groups: int = 0
     short_positive_target: float = 1.0
     short_negative_target: float = 0.0
+    short_answer_kind_weights: dict = field(default_factory=dict)  # kind -> factor on short_answer_groups
+                                       # (kinds left out: 1), e.g. more near-miss numbers, fractions, dates
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     threads: int = 2
@@ -130,6 +132,11 @@ class Recipe:
             raise ValueError("max_edits_per_change must be a positive int or null, "
                              f"got {self.max_edits_per_change!r}")
         self.spread_rules = tuple(self.spread_rules)
+        bad = {k: v for k, v in self.short_answer_kind_weights.items()
+               if k not in shortanswers.KINDS or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
+        if bad:
+            raise ValueError(f"short_answer_kind_weights maps kinds ({', '.join(shortanswers.KINDS)}) to "
+                             f"numbers >= 0; got {bad}")
         unknown = set(self.spread_rules) - set(WORD_LIST_RULES)
         if unknown:
             raise ValueError(f"spread_rules may name {', '.join(WORD_LIST_RULES)} (the word-list rules); "
@@ -267,7 +274,7 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     if r.short_answer_groups:
         short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
-                                               r.short_negative_target)
+                                               r.short_negative_target, r.short_answer_kind_weights)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out

@@ -54,16 +54,28 @@ def word_f1_scorer(references: Sequence[str], responses: Sequence[str]) -> list[
 
 
 def read_labelled(path: str | Path) -> list[dict]:
+    """Labelled pairs (``a`` the reference, ``b`` the response, ``source``; optional
+    ``similarity``, ``entailment``, ``paraphrase``). A row that is not a JSON object, lacks a field,
+    holds a non-string text or an empty reference fails naming the file, line and field."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
-                row["a"], row["b"], row["source"] = str(row["a"]), str(row["b"]), str(row["source"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: expected a JSON object with 'a', 'b', 'source' ({exc})") from exc
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object with 'a', 'b', 'source'")
+            for key in ("a", "b", "source"):
+                if key not in row:
+                    raise ValueError(f"{where}: field {key!r} is missing")
+                if not isinstance(row[key], str):
+                    raise ValueError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+            if not row["a"].strip():
+                raise ValueError(f"{where}: field 'a' (the reference) is empty")
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no pairs")

@@ -95,3 +95,27 @@ def test_spread_table_shares_sum_to_all_pairs():
     assert "| exactly 1 (clamped) | 25.0% |" in text and "| (0, 0.2) | 12.5% |" in text
     with pytest.raises(ValueError, match="empty"):
         spread_table([])
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"b": "x", "source": "s"}', r"bad.jsonl:2: field 'a' is missing"),
+    ('{"a": "x", "b": 4, "source": "s"}', r"bad.jsonl:2: field 'b' must be a string, got int"),
+    ('{"a": "", "b": "x", "source": "s"}', r"bad.jsonl:2: field 'a' \(the reference\) is empty"),
+    ('"just text"', r"bad.jsonl:2: expected a JSON object"),
+])
+def test_bad_eval_rows_name_file_line_and_field(tmp_path, line, match):
+    from rewardrt.runtime.evaluate import read_labelled
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": "x", "b": "y", "source": "s"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_labelled(path)
+
+
+def test_eval_cli_bad_data_is_one_line(tmp_path, tiny_int8):
+    from rewardrt.cli import main
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": "x", "b": 3, "source": "s"}\n')
+    with pytest.raises(SystemExit, match=r"rewardrt eval: .*bad.jsonl:1: field 'b' must be a string"):
+        main(["eval", str(tiny_int8[0]), str(path), "--no-baselines"])

@@ -395,3 +395,22 @@ def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpo
     assert report.activation_bits == ExportConfig().activation_bits
     assert f"activation codes: {report.activation_bits}-bit" in report.describe()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retry.onnx"]
+
+
+def test_a_start_plan_that_fits_skips_the_search(tiny_checkpoint, tiny_int8, tmp_path):
+    """--start-plan ARTIFACT: the plan it records is tried first and kept when it fits the search
+    target and the held-out gate; a plan naming other MatMuls is ignored (full search)."""
+    from rewardrt.runtime import RewardModel
+
+    first = RewardModel(tiny_int8[0]).spec.quantization
+    out = tmp_path / "again.int8.onnx"
+    report = export(tiny_checkpoint, out, ExportConfig(start_from=str(tiny_int8[0]), validation_size=300,
+                                                      calibration_size=64, activation_bits=7))
+    q = RewardModel(out).spec.quantization
+    assert report.passed and q["search"] == "start plan fits" and q["plan"] == first["plan"]
+    assert "sensitivity_mean_abs" not in q and "plan search" in report.stage_seconds
+    other = export(tiny_checkpoint, tmp_path / "other.int8.onnx", ExportConfig(
+        start_plan={"not-a-matmul": "token"}, validation_size=100, calibration_size=32, activation_bits=7))
+    assert other.passed and "sensitivity_mean_abs" in RewardModel(tmp_path / "other.int8.onnx").spec.quantization
+    with pytest.raises(FileNotFoundError, match="start plan artifact"):
+        export(tiny_checkpoint, tmp_path / "x.onnx", ExportConfig(start_from=str(tmp_path / "missing.onnx")))

@@ -332,6 +332,11 @@ def test_soup_recipe_loads_and_names_what_is_wrong(tmp_path):
         ([{"name": "a", "recipe": "a.json", "set": {"nonsense": 1}}], {"a": 1}, "unknown overrides.*nonsense"),
         ([{"name": "a", "recipe": "a.json", "set": {"trainable_layers": 9}}], {"a": 1}, "trainable_layers"),
         ([{"name": "a"}], {"a": 1}, r"runs\[0\] must be an object with 'name' and 'recipe'"),
+        ([ok[0], {"name": "b", "recipe": "a.json", "init_from_average": {"a": 1, "c": 1}}], {"b": 1},
+         "init_from_average names 'c', which is not an earlier run"),
+        ([ok[0], {"name": "b", "recipe": "a.json", "init_from_average": {"a": 0}}], {"b": 1}, "weight of 'a'"),
+        ([ok[0], {"name": "b", "recipe": "a.json", "init_from_run": "a", "init_from_average": {"a": 1}}],
+         {"b": 1}, "more than one of init_from, init_from_run and init_from_average"),
     ]
     for runs, average, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -396,6 +401,21 @@ def test_train_soup_trains_in_order_resumes_and_averages(tmp_path, caplog):
     got = load_file(str(out / "checkpoint" / "model.safetensors"))
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert set(json.loads((out / "train_log.json").read_text())["dev"]) >= {"confound", "selection"}
+
+    # a continuation of the soup: a run started from the average of a and b (at learning rate 0 it
+    # releases that average unchanged)
+    (tmp_path / "cont.json").write_text(json.dumps({"runs": [
+        {"name": "a", "recipe": "a.json", "set": {"stop_after_steps": 2}},
+        {"name": "b", "recipe": "b.json", "set": {"stop_after_steps": 1}, "init_from_run": "a"},
+        {"name": "c", "recipe": "a.json", "set": {"stop_after_steps": 1, "lr_encoder": 0.0, "lr_head": 0.0},
+         "init_from_average": {"a": 1, "b": 3}}], "average": {"c": 1}}))
+    cont = soup.train_soup(tmp_path / "cont.json", tmp_path / "cont", cpus=2, data=tmp_path)
+    assert cont["runs"]["c"]["selected_step"] == 1
+    expected, _ = soup.average_checkpoints({tmp_path / "cont" / "runs" / "a" / "checkpoint": 0.25,
+                                            tmp_path / "cont" / "runs" / "b" / "checkpoint": 0.75}, "float16")
+    start = load_file(str(tmp_path / "cont" / "runs" / "c" / "start" / "model.safetensors"))
+    released = load_file(str(tmp_path / "cont" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(start[k], expected[k]) and torch.equal(released[k], expected[k]) for k in expected)
 
     caplog.set_level("INFO", logger="rewardrt.models.soup")
     soup.train_soup(tmp_path / "soup.json", out, data=tmp_path)  # nothing changed: both runs reused
