@@ -66,7 +66,10 @@ def demo_checkpoint() -> tuple[Path, str]:
     if delta.is_file():
         from rewardrt.models.delta import materialize
 
-        out = Path(".artifacts/equiv-minilm-l6/materialized")
+        import hashlib
+
+        digest = hashlib.sha256(delta.read_bytes()).hexdigest()[:16]
+        out = Path(f".artifacts/equiv-minilm-l6/materialized-{digest}")  # a new delta, a new folder
         if not (out / "head_weights.pt").is_file():
             materialize(delta, out)
         return out, "the default model (materialized from base + shipped delta)"

@@ -293,6 +293,19 @@ class Stages:
         return timed()
 
 
+def _reference_raw(reference: TorchReward, pairs: Pairs, batch_size: int = 64) -> np.ndarray:
+    """The torch reference's raw scores of ``pairs``, batched by length (far less padding than input
+    order when long and short pairs mix; a row's score does not depend on its batch beyond float
+    rounding, ~1e-7, well inside any gate), in input order."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs.references[i]) + len(pairs.responses[i]))
+    refs = [pairs.references[i] for i in order]
+    resps = [pairs.responses[i] for i in order]
+    raw = np.asarray(reference.raw_scores(resps, refs, batch_size), dtype=np.float64)
+    out = np.empty(len(pairs), dtype=np.float64)
+    out[order] = raw
+    return out
+
+
 def _clamped_fidelity(ref_raw: np.ndarray, raw: np.ndarray) -> Fidelity:
     return fidelity(np.clip(ref_raw, 0, 1), np.clip(raw, 0, 1))
 
@@ -323,6 +336,7 @@ def _activation_stats(model: onnx.ModelProto, pairs: Pairs, tokenizer_json: str,
     opts.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ids, _ = PairEncoder(load_tokenizer(tokenizer_json, "calibration"), max_length)(pairs.references, pairs.responses)
+    ids.sort(key=len)  # batches of similar length: little padding (the statistics are order-free)
     absmax: dict[str, np.ndarray] = {}
     hessian: dict[str, np.ndarray] = {}
     for start in range(0, len(ids), 16):
@@ -507,7 +521,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
     stages = Stages()
     log.info("torch reference on %d held-out pairs of %s", len(val), pair_set.source)
     with stages("torch reference"):
-        val_ref = np.asarray(reference.raw_scores(val.responses, val.references), dtype=np.float64)
+        val_ref = _reference_raw(reference, val)
 
     spec = ArtifactSpec(
         precision=cfg.precision, max_length=max_length,
@@ -532,7 +546,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         if int8:
             cal = calibration_pairs(pair_set, cfg.calibration_size)
             with stages("torch reference"):
-                cal_ref = np.asarray(reference.raw_scores(cal.responses, cal.references), dtype=np.float64)
+                cal_ref = _reference_raw(reference, cal)
             def searched(search_cfg: ExportConfig):
                 with stages("plan search"):
                     plan, info, stats, cache = search_plan(model, cal, cal_ref, search_cfg, spec, tokenizer_json)

@@ -169,6 +169,29 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_table(columns, counts))
         print(f"\nScore spread of {model.path.name} on the {len(rows)} pairs:\n")
         print(spread_table(model.batch_score([r["b"] for r in rows], [r["a"] for r in rows])))
+    if args.torch_checkpoint:
+        report["fidelity"] = _fidelity_vs_fp32(scorers, rows, probes if not args.no_short_answers else None)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _fidelity_vs_fp32(scorers: dict, rows: list[dict] | None, probes) -> dict:
+    """The artifact against its fp32 torch model (clamped scores) on the labelled pairs and on the
+    short-answer probes: the INT8 budget's four figures, printed and returned."""
+    from rewardrt.runtime.metrics import fidelity
+
+    ours = next(name for name in scorers if name.endswith("(rewardrt)"))
+    sets = {}
+    if rows is not None:
+        sets["labelled pairs"] = ([r["a"] for r in rows], [r["b"] for r in rows])
+    if probes is not None:
+        pairs = [(g.reference, x) for g in probes for x in (*g.positives, *g.negatives, g.reference)]
+        sets["short-answer probes"] = ([a for a, _ in pairs], [b for _, b in pairs])
+    out = {}
+    print(f"\nFidelity of {ours} against fp32 (torch), clamped scores:\n")
+    for name, (refs, resps) in sets.items():
+        f = fidelity(scorers["fp32 (torch)"](refs, resps), scorers[ours](refs, resps))
+        out[name] = f.as_dict()
+        print(f"  {name}: {f.describe()}")
+    return out

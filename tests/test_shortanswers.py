@@ -96,3 +96,19 @@ def test_eval_bad_arguments(argv, match, capsys):
 
     with pytest.raises(SystemExit, match=match):
         main(["eval", *argv])
+
+
+def test_eval_reports_int8_fidelity_against_its_fp32_model(tiny_int8, tiny_checkpoint, capsys, tmp_path):
+    from rewardrt.cli import main
+
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps({"a": f"ref {i}", "b": f"resp {i % 3}", "source": "s",
+                                        "similarity": (i % 5) / 4}) + "\n" for i in range(20)))
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(tiny_int8[0]), str(rows), "--no-baselines", "--probe-groups", "2",
+                 "--torch-checkpoint", str(tiny_checkpoint), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Fidelity of int8 (rewardrt) against fp32 (torch)" in text
+    fid = json.loads(out.read_text())["fidelity"]
+    assert fid["labelled pairs"]["n"] == 20 and fid["short-answer probes"]["n"] > 16
+    assert fid["short-answer probes"]["mean_abs_diff"] < 0.05  # the tiny model's INT8 export is close
