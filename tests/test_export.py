@@ -414,3 +414,15 @@ def test_a_start_plan_that_fits_skips_the_search(tiny_checkpoint, tiny_int8, tmp
     assert other.passed and "sensitivity_mean_abs" in RewardModel(tmp_path / "other.int8.onnx").spec.quantization
     with pytest.raises(FileNotFoundError, match="start plan artifact"):
         export(tiny_checkpoint, tmp_path / "x.onnx", ExportConfig(start_from=str(tmp_path / "missing.onnx")))
+
+
+def test_a_start_plan_is_adapted_to_what_the_export_allows():
+    from rewardrt.export.exporter import adapted_plan
+
+    plan = {"a": "token", "b": "block", "c": "token2", "d": "fp32", "e": "dequant"}
+    portable = ExportConfig(activation_bits=7)  # weight_only auto: block only with 8-bit codes
+    assert adapted_plan(plan, portable) == {"a": "token", "b": "dequant", "c": "dequant", "d": "fp32", "e": "dequant"}
+    vnni = ExportConfig(activation_bits=8, integer_schemes=("token", "token2"))
+    assert adapted_plan(plan, vnni) == plan
+    assert adapted_plan(plan, ExportConfig(activation_bits=7, integer_schemes=()))["a"] == "dequant"
+    assert adapted_plan(None, portable) is None
