@@ -239,8 +239,9 @@ def _int_forms(n: int, rng: random.Random) -> list[str]:
     if abs(n) >= 1000:
         forms.append(_thousands(n))
         if abs(n) % 1000 == 0 or rng.random() < 0.3:
-            mantissa = f"{n / 10 ** (len(str(abs(n))) - 1):g}"
-            exp = len(str(abs(n))) - 1
+            digits = str(abs(n))  # the exact mantissa: 3322099000 -> 3.322099
+            mantissa = ("-" if n < 0 else "") + digits[0] + ("." + digits[1:].rstrip("0") if digits[1:].strip("0") else "")
+            exp = len(digits) - 1
             forms.append(rng.choice([f"{mantissa}e{exp}", f"{mantissa} x 10^{exp}", f"{mantissa} × 10^{exp}"]))
     if rng.random() < 0.3:
         forms.append(f"{n}.0" if rng.random() < 0.5 else f"{n}.00")

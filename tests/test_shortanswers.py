@@ -112,3 +112,20 @@ def test_eval_reports_int8_fidelity_against_its_fp32_model(tiny_int8, tiny_check
     fid = json.loads(out.read_text())["fidelity"]
     assert fid["labelled pairs"]["n"] == 20 and fid["short-answer probes"]["n"] > 16
     assert fid["short-answer probes"]["mean_abs_diff"] < 0.05  # the tiny model's INT8 export is close
+
+
+def test_every_number_form_is_the_same_number():
+    """Scientific and separated forms are exact (no rounded mantissa such as 3.3221e9 for 3322099000)."""
+    import random
+    import re
+
+    rng = random.Random(5)
+    for n in [3322099000, 72000, 1000, -4500, 1234567, *(rng.randint(1000, 5 * 10**9) for _ in range(500))]:
+        for form in sa._int_forms(n, rng):
+            m = re.fullmatch(r"(-?[\d.]+)(?:e| x 10\^| × 10\^)(\d+)", form)
+            if m:
+                mantissa, exp = m.groups()
+                whole, _, frac = mantissa.lstrip("-").partition(".")
+                assert int(whole + frac) * 10 ** (int(exp) - len(frac)) == abs(n), form
+            elif re.fullmatch(r"-?[\d,]+(\.0+)?", form):
+                assert float(form.replace(",", "")) == n, form
