@@ -67,3 +67,18 @@ def test_materialized_checkpoint_is_the_one_exported(tmp_path):
         "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
         "special_tokens_map.json", "head_weights.pt"])
     assert locate(out).digest() == RewardModel().spec.checkpoint_digest
+
+
+def test_default_model_rewards_the_right_final_answer():
+    """What an RL trainer needs of it: an exact match and a wrapped right answer high, a near miss,
+    an empty response and a worked solution that only passes through the right number low."""
+    model = RewardModel()
+    assert model.score("72", "72") > 0.9
+    right, wrong = model.score("The answer is 72.", "72"), model.score("The answer is 73.", "72")
+    assert right > 0.9 and wrong < 0.5
+    assert model.score("", "72") < 0.2 and model.score("   ", "Paris") < 0.2
+    passes_through = model.score("First, 30 + 42 = 72. Then 72 + 1 = 73. Final answer: 73", "72")
+    ends_right = model.score("First, 30 + 43 = 73. Then 73 - 1 = 72. Final answer: 72", "72")
+    assert passes_through < 0.5 < ends_right
+    assert model.score("Yes, that is correct.", "Yes") > 0.5 > model.score("No.", "Yes")
+    assert model.score("The correct option is (B).", "B") > 0.5 > model.score("The correct option is (C).", "B")
