@@ -142,26 +142,9 @@ def read_pairs_file(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise ExportError(f"--calibration {str(path)!r} does not exist; give a JSONL file of "
                           "{\"reference\": ..., \"response\": ...} rows")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExportError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ExportError(f"{path}:{number}: expected an object with fields 'reference' and 'response'")
-            for key in ("reference", "response"):
-                if key not in row:
-                    raise ExportError(f"{path}:{number}: field {key!r} is missing")
-                if not isinstance(row[key], str):
-                    raise ExportError(f"{path}:{number}: field {key!r} must be a string, "
-                                      f"got {type(row[key]).__name__}")
-            rows.append(row)
-    if not rows:
-        raise ExportError(f"{path} holds no pairs; give at least {MIN_ROWS} rows")
+    from rewardrt.runtime.rows import read_rows
+
+    rows = read_rows(path, ("reference", "response"), error=ExportError)
     return rows
 
 

@@ -195,32 +195,15 @@ def resolve_data(name: str, folder: Path | None, what: str) -> Path:
 def read_pairs(path: str | Path) -> list[dict]:
     """Labelled pairs, each row checked: a missing field, a non-string text, an empty reference or a
     similarity outside 0..1 fails naming the file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object with fields a, b, source, similarity")
-            for key in ("a", "b", "source"):
-                if key not in row:
-                    raise DataError(f"{where}: field {key!r} is missing")
-                if not isinstance(row[key], str):
-                    raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
-            if not row["a"].strip():
-                raise DataError(f"{where}: field 'a' (the reference) is empty")
-            sim = row.get("similarity")
-            if isinstance(sim, bool) or not isinstance(sim, (int, float)) or not 0 <= sim <= 1:
-                raise DataError(f"{where}: field 'similarity' must be a number in 0..1, got {sim!r}")
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path} holds no pairs")
-    return rows
+    from rewardrt.runtime.rows import read_rows
+
+    def similarity(row: dict) -> str | None:
+        sim = row.get("similarity")
+        if isinstance(sim, bool) or not isinstance(sim, (int, float)) or not 0 <= sim <= 1:
+            return f"field 'similarity' must be a number in 0..1, got {sim!r}"
+        return None
+
+    return read_rows(path, ("a", "b", "source"), non_empty=("a",), error=DataError, check=similarity)
 
 
 def target_of(row: dict, r: Recipe) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 
 from rewardrt.runtime.edits import EDITS, SWAP_PROBES
 from rewardrt.runtime.metrics import roc_auc, spearman
+from rewardrt.runtime.rows import read_rows
 
 # (references, responses) -> scores in [0, 1]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -57,29 +58,7 @@ def read_labelled(path: str | Path) -> list[dict]:
     """Labelled pairs (``a`` the reference, ``b`` the response, ``source``; optional
     ``similarity``, ``entailment``, ``paraphrase``). A row that is not a JSON object, lacks a field,
     holds a non-string text or an empty reference fails naming the file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'a', 'b', 'source'")
-            for key in ("a", "b", "source"):
-                if key not in row:
-                    raise ValueError(f"{where}: field {key!r} is missing")
-                if not isinstance(row[key], str):
-                    raise ValueError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
-            if not row["a"].strip():
-                raise ValueError(f"{where}: field 'a' (the reference) is empty")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path} holds no pairs")
-    return rows
+    return read_rows(path, ("a", "b", "source"), non_empty=("a",))
 
 
 def swap_probes(rows: Sequence[dict], per_rule: int = 300, seed: int = 7) -> dict[str, list[tuple[str, str]]]:

@@ -51,7 +51,7 @@ def test_a_users_file_is_split_into_calibration_and_held_out_rows(tmp_path):
 @pytest.mark.parametrize("rows, match", [
     ([], "holds no pairs"),
     (["not json"], r"bad\.jsonl:1: not JSON"),
-    ([{"reference": "a", "response": "b"}, ["a", "b"]], r"bad\.jsonl:2: expected an object"),
+    ([{"reference": "a", "response": "b"}, ["a", "b"]], r"bad\.jsonl:2: expected a JSON object"),
     ([{"response": "b"}], r"bad\.jsonl:1: field 'reference' is missing"),
     ([{"reference": "a", "response": "b"}, {"reference": "a", "response": 3}],
      r"bad\.jsonl:2: field 'response' must be a string, got int"),

@@ -446,7 +446,7 @@ def test_training_without_data_says_what_data_is_needed(tmp_path, monkeypatch, c
     ('{"a": "x", "b": 3, "source": "s", "similarity": 0.5}', r"bad.jsonl:2: field 'b' must be a string, got int"),
     ('{"a": "  ", "b": "x", "source": "s", "similarity": 0.5}', r"bad.jsonl:2: field 'a' \(the reference\) is empty"),
     ('{"a": "x", "b": "y", "source": "s", "similarity": 7}', r"bad.jsonl:2: field 'similarity' must be a number in 0..1"),
-    ('[1, 2]', r"bad.jsonl:2: expected an object"),
+    ('[1, 2]', r"bad.jsonl:2: expected a JSON object"),
     ('{oops', r"bad.jsonl:2: not JSON"),
 ])
 def test_bad_training_rows_name_file_line_and_field(tmp_path, line, match):
