@@ -155,7 +155,8 @@ def parse_get_reward(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
 
 def parse_rerank(body: Any, limits: Limits) -> Rerank:
     """/rerank (TEI): ``{"query", "texts", "raw_scores"?, "return_text"?}``; ``truncate`` and
-    ``truncation_direction`` are accepted and ignored (inputs are always truncated on the right)."""
+    ``truncation_direction`` are accepted and ignored (a pair over the model's max_length keeps the
+    reference and the end of the text, the runtime's default truncation)."""
     body = _object(body)
     if "query" not in body:
         raise RequestError(422, "validation", "missing field 'query' (the reference text)")
