@@ -12,7 +12,6 @@ scorer's width ladder adds over the real tokens of the dev set. Exit status 0 wh
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path

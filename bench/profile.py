@@ -144,13 +144,11 @@ def call_overhead(path: str | Path, refs: Sequence[str], resps: Sequence[str], t
     import time
 
     from rewardrt.runtime import RewardModel
-    from rewardrt.runtime.api import build_texts
-    from rewardrt.runtime.tokenizer import encode, pad
+    from rewardrt.runtime.tokenizer import pad
 
     model = RewardModel(path, threads=threads)
     session = model._scorer.session
-    texts = build_texts(list(resps), list(refs))
-    ids = encode(model._scorer.tokenizer, texts)
+    ids, _ = model._scorer.encoder(list(refs), list(resps))
     chosen = [i for i, x in enumerate(ids) if tokens[0] <= len(x) <= tokens[1]][:calls] or list(range(min(calls, len(ids))))
     score_s, run_s = [], []
     for _ in range(repeats + 1):

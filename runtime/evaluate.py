@@ -9,7 +9,6 @@ Columns: any scorers, e.g. Word F1, base-embedding cosine, the fp32 reference, t
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string

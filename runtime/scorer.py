@@ -1,5 +1,5 @@
-"""Turns (reference, response) pairs into scores: tokenize, group rows of similar length (one padded width per group)
-into batches, run, restore input order.
+"""Turns (reference, response) pairs into scores: tokenize, group rows of similar length (one
+padded width per group) into batches, run, restore input order.
 
 A pair's score is bit-identical whatever its batch neighbours, the batch size and the order of the
 inputs (for one artifact, one onnxruntime build and one machine). Two things used to move the last
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
+
 from rewardrt.runtime.spec import INPUT_NAMES, OUTPUT_NAMES, ArtifactError, ArtifactSpec
 from rewardrt.runtime.tokenizer import PairEncoder, pad
 

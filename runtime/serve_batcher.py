@@ -21,12 +21,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from rewardrt.runtime.api import RewardModel
+from rewardrt.runtime.tokenizer import SPECIAL_TOKENS  # [CLS] reference [SEP] response [SEP]
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("score", "raw_score")
 CHARS_PER_TOKEN = 4  # rough WordPiece ratio for English; only sizes batches, never changes scores
-SPECIAL_TOKENS = 3  # [CLS] reference [SEP] response [SEP]
 
 
 class QueueFullError(RuntimeError):
