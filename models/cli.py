@@ -88,7 +88,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"averaged {runs}; wall time {summary['wall_time_s']:.0f} s; "
               f"checkpoint in {Path(args.out) / 'checkpoint'}")
         return 0
-    summary = train(args.recipe, args.out, data=folder)
+    try:
+        summary = train(args.recipe, args.out, data=folder)
+    except DataError as exc:
+        raise SystemExit(f"rewardrt train: {exc}") from None
     print(f"selected epoch {summary['selected_epoch']}, wall time {summary['wall_time_s']:.0f} s; "
           f"checkpoint in {Path(args.out) / 'checkpoint'}")
     return 0

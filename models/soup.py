@@ -195,7 +195,6 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
 
     soup = SoupRecipe.load(recipe_path)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cpus is None:
         cpus = os.cpu_count() or 1
     if cpus < 1:
@@ -209,8 +208,9 @@ def train_soup(recipe_path: str | Path, out_dir: str | Path, cpus: int | None = 
     folder = data_dir(data)
     _, _, _, first = plans[next(iter(soup.average))]
     dev = read_pairs(resolve_data(first.dev_data, folder, "dev_data"))  # fails before any training
-    for _, _, _, recipe in plans.values():
-        resolve_data(recipe.train_data, folder, "train_data")
+    for train_file in sorted({resolve_data(p[3].train_data, folder, "train_data") for p in plans.values()}):
+        read_pairs(train_file)  # a malformed row fails here, naming file and line, before any run starts
+    out.mkdir(parents=True, exist_ok=True)
     finished: dict[str, dict] = {}
     for name, (run, _, _, recipe) in plans.items():
         run_dir = out / "runs" / name

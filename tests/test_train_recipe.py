@@ -466,3 +466,15 @@ def test_short_answer_examples_join_the_training_pairs():
     assert len(short) > 3 * 8 * 3
     assert all(a == b for a, b in short)  # the reference first in both epochs
     assert {t for (_, _, t), _ in short} == {r.short_positive_target, r.short_negative_target}
+
+
+def test_a_malformed_training_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from rewardrt.cli import main
+
+    (tmp_path / "pairs-train.jsonl").write_text('{"a": "x", "b": "y", "source": "s", "similarity": 2}\n')
+    (tmp_path / "pairs-dev.jsonl").write_text('{"a": "x", "b": "y", "source": "s", "similarity": 0.5}\n')
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"trainable_layers": 1}))
+    with pytest.raises(SystemExit, match=r"pairs-train.jsonl:1: field 'similarity' must be a number in 0..1"):
+        main(["train", "--recipe", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
