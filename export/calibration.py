@@ -149,12 +149,17 @@ def read_pairs_file(path: str | Path) -> list[dict]:
 
 
 def split(rows: list[dict], source: str, seed: int = SEED) -> tuple[list[dict], list[dict]]:
-    """(calibration rows, gate rows): the bundled file's own ``split`` field when every row has one,
-    else a seeded shuffle with ``GATE_SHARE`` held out for the gate."""
+    """(calibration rows, gate rows): the file's own ``split`` field when every row has one (the
+    bundled set), else a seeded shuffle of its distinct pairs with ``GATE_SHARE`` held out."""
     if all(r.get("split") in ("calibration", "gate") for r in rows):
         cal = [r for r in rows if r["split"] == "calibration"]
         gate = [r for r in rows if r["split"] == "gate"]
     else:
+        # one copy of each text pair, so a repeated pair cannot land on both sides
+        first: dict[tuple[str, str], dict] = {}
+        for r in rows:
+            first.setdefault((r["reference"], r["response"]), r)
+        rows = list(first.values())
         if len(rows) < MIN_ROWS:
             raise ExportError(f"{source} holds {len(rows)} pairs; at least {MIN_ROWS} are needed to "
                               "calibrate on one part and verify on another")

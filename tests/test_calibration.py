@@ -46,6 +46,9 @@ def test_a_users_file_is_split_into_calibration_and_held_out_rows(tmp_path):
     assert len(ps.calibration) == 20 and len(ps.gate) == 20
     assert not {r["extra"] for r in ps.calibration} & {r["extra"] for r in ps.gate}
     assert ps.source.endswith("mine.jsonl")
+    repeated = load_pair_set(_write(tmp_path / "rep.jsonl", rows + rows[:10]))  # repeats are dropped
+    pairs = lambda part: {(r["reference"], r["response"]) for r in part}  # noqa: E731
+    assert len(repeated.calibration) + len(repeated.gate) == 40 and not pairs(repeated.calibration) & pairs(repeated.gate)
 
 
 @pytest.mark.parametrize("rows, match", [
