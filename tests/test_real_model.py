@@ -60,7 +60,7 @@ def _fitted_head(encoder_dir, n: int = 600) -> dict:
 def test_int8_export_of_minilm_meets_the_budget(minilm_checkpoint, tmp_path, dev_pairs):
     out = tmp_path / "minilm.int8.onnx"
     report = export(minilm_checkpoint, out, ExportConfig(
-        precision="int8", validation_size=400, calibration_size=256))
+        precision="int8", validation_size=400, calibration_size=256, sensitivity_size=48))
     assert report.passed, report.describe()
     assert sum(report.plan.get(s, 0) for s in ("token", "token2", "block", "dequant")) > 0
     refs, resps = dev_pairs
