@@ -144,8 +144,7 @@ def read_pairs_file(path: str | Path) -> list[dict]:
                           "{\"reference\": ..., \"response\": ...} rows")
     from rewardrt.runtime.rows import read_rows
 
-    rows = read_rows(path, ("reference", "response"), error=ExportError)
-    return rows
+    return read_rows(path, ("reference", "response"), error=ExportError)
 
 
 def split(rows: list[dict], source: str, seed: int = SEED) -> tuple[list[dict], list[dict]]:

@@ -66,18 +66,11 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"rewardrt train: --cpus must be >= 1, got {args.cpus}")
     if not Path(args.recipe).is_file():
         raise SystemExit(f"rewardrt train: --recipe {args.recipe!r} is not a file")
-    from rewardrt.models.train import DataError, Recipe, data_dir, resolve_data
+    from rewardrt.models.train import DataError, data_dir
 
     folder = data_dir(args.data)
     if args.data is not None and not folder.is_dir():
         raise SystemExit(f"rewardrt train: --data {args.data!r} is not a folder")
-    if not is_soup(args.recipe):  # a soup checks its runs' data itself, before training any
-        r = Recipe.load(args.recipe)
-        try:
-            for name, what in ((r.train_data, "train_data"), (r.dev_data, "dev_data")):
-                resolve_data(name, folder, what)
-        except DataError as exc:
-            raise SystemExit(f"rewardrt train: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if is_soup(args.recipe):
         try:
@@ -113,8 +106,21 @@ def run_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remembered(fn):
+    """``fn`` that scores the same (references, responses) call only once: the tables and the
+    fidelity figures ask each column for the same pairs."""
+    seen: dict = {}
+
+    def score(references, responses):
+        key = (tuple(references), tuple(responses))
+        if key not in seen:
+            seen[key] = list(fn(references, responses))
+        return seen[key]
+    return score
+
+
 def _scorers(args: argparse.Namespace, model) -> dict:
-    """The columns: (references, responses) -> scores."""
+    """The columns: (references, responses) -> scores, each call scored once."""
     from rewardrt.runtime.evaluate import word_f1_scorer
 
     columns: dict = {}
@@ -132,7 +138,7 @@ def _scorers(args: argparse.Namespace, model) -> dict:
         ref = TorchReward(args.torch_checkpoint)
         columns["fp32 (torch)"] = lambda a, b: ref.batch_score(list(b), list(a))
     columns[f"{model.spec.precision} (rewardrt)"] = lambda a, b: model.batch_score(list(b), list(a))
-    return columns
+    return {name: _remembered(fn) for name, fn in columns.items()}
 
 
 def run_eval(args: argparse.Namespace) -> int:
