@@ -554,6 +554,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                                 fuse_embeddings=not int8, separate_qkv=int8)
             model = graph.load(work / "fused.onnx")
             expanded = graph.expand_layer_norms(model) if cfg.expand_layer_norms else 0
+        fused = model  # the fp32 graph every plan quantizes (and every search starts from)
         candidates: list[dict[str, str] | None] = [None]
         if int8:
             cal = calibration_pairs(pair_set, cfg.calibration_size)
@@ -562,14 +563,13 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
 
             def searched(search_cfg: ExportConfig):
                 with stages("plan search"):
-                    plan, info, stats, cache = search_plan(model, cal, cal_ref, search_cfg, spec, tokenizer_json)
+                    plan, info, stats, cache = search_plan(fused, cal, cal_ref, search_cfg, spec, tokenizer_json)
                 ladder = [] if info.get("search") == "start plan fits" else gate_fallbacks(
                     plan, info.get("sensitivity_mean_abs", {}), cfg.gate_retries, info["start_scheme"],
                     cfg.search_weight_only)
                 return [plan] + ladder, info, stats, cache
 
             candidates, quant_info, stats, cache = searched(cfg)
-        fused = model
         candidate = work / "candidate.onnx"
         rejected: list[dict] = []
         attempt = -1

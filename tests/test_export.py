@@ -416,6 +416,33 @@ def test_a_start_plan_that_fits_skips_the_search(tiny_checkpoint, tiny_int8, tmp
         export(tiny_checkpoint, tmp_path / "x.onnx", ExportConfig(start_from=str(tmp_path / "missing.onnx")))
 
 
+def test_a_start_plan_the_gate_rejects_leads_to_a_full_search(tiny_checkpoint, tiny_int8, tmp_path):
+    """The start plan fits the calibration pairs but the held-out gate rejects it: the export then
+    searches the fp32 graph afresh (every MatMul gets a scheme again), never the rejected one."""
+    seen = []
+
+    class RejectFirst(FidelityBudget):
+        def failures(self, f):
+            seen.append(f)
+            return ["rejected on purpose"] if len(seen) == 1 else super().failures(f)
+
+    loose = RejectFirst(max_mean_abs=1.0, max_abs=1.0, min_spearman=-1.0, min_agreement=0.0)
+    out = tmp_path / "searched.onnx"
+    report = export(tiny_checkpoint, out, ExportConfig(start_from=str(tiny_int8[0]), validation_size=50,
+                                                      calibration_size=16, sensitivity_size=8,
+                                                      activation_bits=7, budget=loose))
+    n = 6 * 2
+    q = onnx_spec(out)["quantization"]
+    assert report.passed and len(seen) == 2 and report.rejected[0]["failures"] == ["rejected on purpose"]
+    assert sum(report.plan.values()) == n and len(q["plan"]) == n, report.plan
+    assert "sensitivity_mean_abs" in q and q.get("search") != "start plan fits"
+    _check_plan_in_graph(out, report)
+
+
+def onnx_spec(path):
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[KEY_SPEC])
+
+
 def test_a_start_plan_is_adapted_to_what_the_export_allows():
     from rewardrt.export.exporter import adapted_plan
 
