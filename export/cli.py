@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rewardrt.export.errors import ExportError, FidelityError
+from rewardrt.runtime.clibase import integer, number, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint_dir", help="folder in the neuraltxt-reward-tiny layout")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
-    p.add_argument("--max-length", type=int, default=512, help="truncation length in tokens (default 512)")
+    p.add_argument("--max-length", type=integer(3, 8192), default=512, help="truncation length in tokens (default 512)")
     p.add_argument("--calibration", metavar="FILE.jsonl", default=None,
                    help="pairs to calibrate and verify on: JSONL rows with string fields 'reference' and "
                         "'response' (your own traffic), split by a seeded shuffle into a calibration half "
                         "and a held-out half for the gate (default: the bundled pair set)")
-    p.add_argument("--validation-size", type=int, default=None,
+    p.add_argument("--validation-size", type=integer(8), default=None,
                    help="held-out pairs for the gate (default: all of them)")
-    p.add_argument("--calibration-size", type=int, default=512,
+    p.add_argument("--calibration-size", type=integer(8), default=512,
                    help="calibration pairs for the INT8 plan search (default 512, plus 1/16 as many long pairs)")
-    p.add_argument("--agreement-margin", type=float, default=None,
+    p.add_argument("--agreement-margin", type=number(highest=1, above=0), default=None,
                    help="fraction of the agreement@0.5 slack the plan search may use (default: the "
                         "search margin, 0.5); a larger calibration set allows a larger fraction")
     p.add_argument("--activation-bits", choices=["auto", "7", "8"], default="auto",
@@ -51,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
                    help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "
                         "of x + 0.1701, twice as fine as ±127; default on)")
-    p.add_argument("--gate-retries", type=int, default=4,
+    p.add_argument("--gate-retries", type=integer(0, 8), default=4,
                    help="INT8: when the held-out gate rejects the searched plan, verify up to this many "
                         "more with its integer-GEMM MatMuls cut in even steps to none (default 4: 3/4, "
                         "1/2, 1/4, none; 0: fail at once)")
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "target and the gate, searching only otherwise; default: the embedded default "
                         "model's plan (it fits checkpoints of its architecture close to it, which makes "
                         "their export minutes faster); none: always search")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive, default=None, help="intra-op threads (default: all cores)")
     p.set_defaults(func=run)
 
 

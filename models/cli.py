@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rewardrt.models import DEFAULT_MODEL_NAME, model_dir
+from rewardrt.runtime.clibase import CliError, integer, positive
 
 # the short-answer probes of `rewardrt eval`: the PROBE template set (disjoint from training's)
 PROBE_GROUPS = 60
@@ -23,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="folder with the recipe's labelled sentence pairs (pairs-train.jsonl, pairs-dev.jsonl: "
                         "JSONL rows with a, b, source, similarity); default: $REWARDRT_DATA. The model "
                         "card names the public datasets and where to obtain them")
-    p.add_argument("--cpus", type=int, default=None,
+    p.add_argument("--cpus", type=positive, default=None,
                    help="a soup recipe trains its runs side by side while their threads fit in this many "
                         "CPUs (default: all); no effect on the weights")
     p.set_defaults(func=run_train)
@@ -50,9 +51,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the Word F1 and base-embedding cosine columns")
     p.add_argument("--no-short-answers", action="store_true", help="skip the short-answer table")
-    p.add_argument("--probe-groups", type=int, default=PROBE_GROUPS, metavar="N",
+    p.add_argument("--probe-groups", type=positive, default=PROBE_GROUPS, metavar="N",
                    help="short-answer probe groups per kind (default: %(default)s)")
-    p.add_argument("--probe-seed", type=int, default=PROBE_SEED,
+    p.add_argument("--probe-seed", type=integer(), default=PROBE_SEED,
                    help="seed of the short-answer probes (default: %(default)s)")
     p.add_argument("--json", help="also write the tables as JSON here")
     p.set_defaults(func=run_eval)
@@ -62,21 +63,19 @@ def run_train(args: argparse.Namespace) -> int:
     from rewardrt.models.soup import is_soup, train_soup
     from rewardrt.models.train import train
 
-    if args.cpus is not None and args.cpus < 1:
-        raise SystemExit(f"rewardrt train: --cpus must be >= 1, got {args.cpus}")
     if not Path(args.recipe).is_file():
-        raise SystemExit(f"rewardrt train: --recipe {args.recipe!r} is not a file")
+        raise CliError(f"--recipe {args.recipe!r} is not a file")
     from rewardrt.models.train import DataError, data_dir
 
     folder = data_dir(args.data)
     if args.data is not None and not folder.is_dir():
-        raise SystemExit(f"rewardrt train: --data {args.data!r} is not a folder")
+        raise CliError(f"--data {args.data!r} is not a folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if is_soup(args.recipe):
         try:
             summary = train_soup(args.recipe, args.out, args.cpus, folder)
         except DataError as exc:
-            raise SystemExit(f"rewardrt train: {exc}") from None
+            raise CliError(str(exc)) from None
         runs = ", ".join(f"{n} step {s['selected_step']}" for n, s in summary["runs"].items())
         print(f"averaged {runs}; wall time {summary['wall_time_s']:.0f} s; "
               f"checkpoint in {Path(args.out) / 'checkpoint'}")
@@ -84,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(args.recipe, args.out, data=folder)
     except DataError as exc:
-        raise SystemExit(f"rewardrt train: {exc}") from None
+        raise CliError(str(exc)) from None
     print(f"selected epoch {summary['selected_epoch']}, wall time {summary['wall_time_s']:.0f} s; "
           f"checkpoint in {Path(args.out) / 'checkpoint'}")
     return 0
@@ -148,18 +147,16 @@ def run_eval(args: argparse.Namespace) -> int:
     from rewardrt.runtime.api import RewardModel
     from rewardrt.runtime.evaluate import evaluate, format_table, read_labelled, spread_table, swap_probes
 
-    if args.probe_groups < 1:
-        raise SystemExit(f"rewardrt eval: --probe-groups must be >= 1, got {args.probe_groups}")
     if args.data is not None and not Path(args.data).is_file():
-        raise SystemExit(f"rewardrt eval: data {args.data!r} is not a file")
+        raise CliError(f"data {args.data!r} is not a file")
     try:
         rows = read_labelled(args.data) if args.data is not None else None
     except ValueError as exc:
-        raise SystemExit(f"rewardrt eval: {exc}") from None
+        raise CliError(str(exc)) from None
     try:
         model = RewardModel(args.model)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"rewardrt eval: {exc}") from None
+        raise CliError(str(exc)) from None
     scorers = _scorers(args, model)
     report: dict = {}
     if not args.no_short_answers:

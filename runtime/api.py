@@ -82,12 +82,15 @@ class RewardModel:
     reference and the end of the response, where a rollout's final answer is; ``"keep_start"`` cuts
     the end of the joined text, as neural-txt does (``rewardrt.runtime.tokenizer``).
 
-    One instance may be shared by many threads; calls do not mutate it.
+    One instance may be shared by many threads; calls do not mutate it. It pickles as its path and
+    options (never its session): unpickling loads the same artifact path again (the embedded default
+    when ``path`` was None), so a model can be handed to worker processes.
     """
 
     def __init__(self, path: str | Path | None = None, *, threads: int | None = None,
                  max_length: int | None = None, truncation: str = DEFAULT_TRUNCATION) -> None:
         check_truncation(truncation)
+        self._options = (path, threads, max_length, truncation)  # what __reduce__ pickles
         if path is None:
             from rewardrt.models import default_model_path
 
@@ -161,5 +164,12 @@ class RewardModel:
             return []
         return self._scorer.run(references, list(responses), batch_size, output).tolist()
 
+    def __reduce__(self):
+        return _reload, self._options
+
     def __repr__(self) -> str:
         return f"RewardModel(path={str(self.path)!r}, precision={self.spec.precision!r})"
+
+
+def _reload(path: str | Path | None, threads: int | None, max_length: int | None, truncation: str) -> RewardModel:
+    return RewardModel(path, threads=threads, max_length=max_length, truncation=truncation)

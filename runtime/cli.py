@@ -13,9 +13,12 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
+
+from rewardrt.runtime.clibase import CliError, number, port, positive
 
 CHUNK = 512  # pairs scored per model call when streaming
 SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client")
@@ -32,9 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="score --input (JSONL, or .parquet) with Ray Data: 'auto' (the running cluster, "
                         "e.g. after `ray start --head`), a cluster address, or 'local' (start one here); "
                         "--output may also end in .parquet for Parquet input")
-    g.add_argument("--actors", type=int, default=None,
+    g.add_argument("--actors", type=positive, default=None,
                    help="scoring actors (default: autoscale up to what the cluster's free CPUs allow)")
-    g.add_argument("--cpus-per-actor", type=int, default=1,
+    g.add_argument("--cpus-per-actor", type=positive, default=1,
                    help="CPUs reserved per actor, also its threads unless --threads (default: %(default)s)")
     p.set_defaults(func=run_score)
 
@@ -55,57 +58,64 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP scoring server with dynamic batching (needs rewardrt[serve])")
     _model_args(p)
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s, loopback)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
-    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=positive, default=d.max_batch_tokens,
                    help="estimated tokens per model call across requests (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+    p.add_argument("--max-wait-ms", type=number(0), default=d.max_wait_ms,
                    help="how long a request may wait for others to share its batch (default: %(default)s)")
-    p.add_argument("--max-queue", type=int, default=d.max_queue,
+    p.add_argument("--max-queue", type=positive, default=d.max_queue,
                    help="pairs waiting at most; beyond, requests get 503 (default: %(default)s)")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+    p.add_argument("--max-body-bytes", type=positive, default=d.max_body_bytes,
                    help="request body size limit (default: %(default)s)")
-    p.add_argument("--max-items", type=int, default=d.max_items,
+    p.add_argument("--max-items", type=positive, default=d.max_items,
                    help="texts per list in one request (default: %(default)s)")
-    p.add_argument("--max-chars", type=int, default=d.max_chars,
+    p.add_argument("--max-chars", type=positive, default=d.max_chars,
                    help="characters per text (default: %(default)s)")
-    p.add_argument("--graceful-timeout", type=float, default=d.graceful_timeout,
+    p.add_argument("--graceful-timeout", type=number(1), default=d.graceful_timeout,
                    help="seconds to finish in-flight work on SIGTERM (default: %(default)s)")
-    p.add_argument("--body-timeout", type=float, default=d.body_timeout,
+    p.add_argument("--body-timeout", type=number(1), default=d.body_timeout,
                    help="seconds a client has to send its whole body; 408 beyond (default: %(default)s)")
-    p.add_argument("--max-connections", type=int, default=d.max_connections,
+    p.add_argument("--max-connections", type=positive, default=d.max_connections,
                    help="open connections at most; 503 beyond (default: %(default)s)")
+    p.add_argument("--strip-tokens", type=_strip_tokens, default=d.strip_tokens, metavar="default|none|TOKENS",
+                   help="chat-template tokens removed from /get_reward's responses before scoring: "
+                        "comma-separated, 'default' standing for the built-in list (ChatML, Llama, "
+                        "Mistral, Gemma, Phi, DeepSeek end-of-turn and padding tokens), e.g. "
+                        "'default,<|my_eot|>'; 'none' keeps the text as is (default: default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=run_serve)
 
 
+def _strip_tokens(text: str) -> tuple[str, ...]:
+    from rewardrt.runtime.adapters import parse_strip_tokens
+
+    try:
+        return parse_strip_tokens(text, "")  # argparse names the option
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="a .onnx artifact (default: the embedded model)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=positive, default=None, help="intra-op threads (default: all cores)")
 
 
 def _stream_args(p: argparse.ArgumentParser, line: str, added: str) -> None:
     p.add_argument("--input", help=f"JSONL, one {line} per line; - for stdin")
-    p.add_argument("--output", default="-", help=f"JSONL out: each input line plus {added!r} (default: - = stdout)")
+    p.add_argument("--output", default="-",
+                   help=f"JSONL out: each input line plus {added!r} (default: - = stdout). For one item given "
+                        "on the command line: its JSON line is written there; on stdout the plain text")
     p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="malformed input line: stop with its line number (default), or skip it and report at the end")
 
 
-class CliError(Exception):
-    """A failure reported as one ``error:`` line on stderr and an exit code, without a traceback."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _cli_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``rewardrt.cli.main`` reports :class:`CliError`; this adds a quiet exit on a closed pipe."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except CliError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return exc.code
         except BrokenPipeError:  # e.g. `rewardrt score --input big.jsonl | head`
             _silence_stdout()
             return 0
@@ -302,6 +312,24 @@ def _jsonl(obj: dict) -> bytes:
     return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def _write_one(path: str, obj: dict) -> None:
+    """One JSON line into ``path``, written whole or not at all (a temporary file renamed over it)."""
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise CliError(f"--output {path!r}: folder {folder!r} does not exist")
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(_jsonl(obj))
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise CliError(f"cannot write --output {path!r}: {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 # --- subcommands ---------------------------------------------------------------------------------
 
 @_cli_errors
@@ -313,7 +341,11 @@ def run_score(args: argparse.Namespace) -> int:
         if args.reference is None or args.response is None:
             raise CliError("--reference and --response go together")
         model = _load(args.model, args.threads)
-        print(f"{model.score(args.response, args.reference):.6f}")
+        score = model.score(args.response, args.reference)
+        if args.output == "-":
+            print(f"{score:.6f}")
+        else:
+            _write_one(args.output, {"reference": args.reference, "response": args.response, "score": score})
         return 0
     if args.ray is not None:
         return _score_on_ray(args)
@@ -359,16 +391,19 @@ def run_rank(args: argparse.Namespace) -> int:
         if args.reference is None or not args.responses:
             raise CliError("--reference and the responses to rank go together")
         model = _load(args.model, args.threads)
-        for item in model.rank(args.responses, args.reference):
-            print(f"{item.score:.6f}\t{item.index}\t{item.response}")
+        ranked = model.rank(args.responses, args.reference)
+        if args.output == "-":
+            for item in ranked:
+                print(f"{item.score:.6f}\t{item.index}\t{item.response}")
+        else:
+            _write_one(args.output, {"reference": args.reference, "responses": args.responses,
+                                     "ranked": [asdict(item) for item in ranked]})
         return 0
     return _stream(args, _check_list, lambda row: max(1, len(row["responses"])), _write_ranked)
 
 
 @_cli_errors
 def run_info(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from rewardrt.runtime.cpu import cpu_features
 
     model = _load(args.model)
@@ -385,7 +420,7 @@ def run_serve(args: argparse.Namespace) -> int:
                              max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                              max_items=args.max_items, max_chars=args.max_chars,
                              graceful_timeout=args.graceful_timeout, body_timeout=args.body_timeout,
-                             max_connections=args.max_connections)
+                             max_connections=args.max_connections, strip_tokens=args.strip_tokens)
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     for name in SERVE_MODULES:

@@ -6,10 +6,17 @@ Routes (all JSON):
     POST /rank        same body -> {"ranked": [{"index", "response", "score"}]}, highest first
     POST /get_reward  OpenRLHF remote reward: {"query": [str], "prompts": [str], "labels": [str]}
                       -> {"rewards": [float], "scores": [float], "extra_logs": {}}; the response is
-                      each query minus its prompt prefix, the label its reference
-    POST /rerank      TEI-compatible: {"query", "texts", "raw_scores"?, "return_text"?}
-                      -> [{"index", "score"(, "text")}], highest first; the query is the reference
-    GET  /health, /info (model metadata), /metrics (Prometheus text)
+                      each query minus its prompt prefix and chat-template tokens, the label its reference
+    POST /rerank, /v1/rerank
+                      TEI: {"query", "texts", "raw_scores"?, "return_text"?, "truncate"?}
+                      -> [{"index", "score"(, "text")}]; Cohere/Infinity: {"query", "documents",
+                      "top_n"?, "return_documents"?} -> {"results": [{"index", "relevance_score"}]};
+                      highest first, the query is the reference
+    GET  /health, /info (model metadata), /metrics (Prometheus text), /openapi.json
+
+On SIGTERM or SIGINT the server drains: new requests (and /health) get a JSON 503, the requests in
+flight finish within ``graceful_timeout`` seconds, those still running then get a JSON 503, and the
+process exits 0. A second signal stops at once.
 
 Concurrent requests are scored together by one worker thread (see ``serve_batcher``); scores are
 bit-identical to in-process ``RewardModel.batch_score`` on the same pairs. Starlette,
@@ -25,10 +32,11 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rewardrt.runtime.adapters import CHAT_TOKENS, check_strip_tokens
 from rewardrt.runtime.api import RewardModel
 
 if TYPE_CHECKING:
@@ -53,9 +61,14 @@ class ServeConfig:
     graceful_timeout: float = 30.0  # seconds to finish in-flight work on SIGTERM/SIGINT
     body_timeout: float = 30.0  # seconds for a client to send its whole body (408 beyond; slow clients)
     max_connections: int = 1024  # open connections at most; uvicorn answers 503 beyond (`serve` only)
+    # chat-template tokens removed from /get_reward's responses (OpenRLHF decodes with them kept)
+    strip_tokens: tuple[str, ...] = field(default=CHAT_TOKENS)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "strip_tokens", check_strip_tokens(self.strip_tokens, "strip_tokens"))
         for f in fields(self):
+            if f.name == "strip_tokens":
+                continue
             value = getattr(self, f.name)
             number = (int, float) if f.type == "float" else (int,)
             if isinstance(value, bool) or not isinstance(value, number):
@@ -96,11 +109,8 @@ def is_loopback(host: str) -> bool:
 def serve(model: RewardModel | str | Path | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           config: ServeConfig | None = None, threads: int | None = None, log_level: str = "info",
           access_log: bool = False) -> int:
-    """Run the server until SIGINT or SIGTERM; returns 0 after a graceful shutdown.
-
-    On the signal uvicorn stops accepting connections, lets in-flight requests finish (at most
-    ``config.graceful_timeout`` seconds), then the batcher drains its queue.
-    """
+    """Run the server until SIGINT or SIGTERM; returns 0 after a graceful shutdown (the drain in
+    the module docstring)."""
     import uvicorn
 
     config = config or ServeConfig()
@@ -111,12 +121,13 @@ def serve(model: RewardModel | str | Path | None = None, *, host: str = DEFAULT_
     if not is_loopback(host):
         logger.warning("listening on %s: the scorer is reachable from the network and has no "
                        "authentication; use 127.0.0.1 unless a proxy guards it", host)
+    from rewardrt.runtime.serve_server import ABANDONED_GRACE, DrainingServer
+
     app = create_app(model, config)
-    server = uvicorn.Server(uvicorn.Config(
+    server = DrainingServer(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
-        timeout_graceful_shutdown=max(1, round(config.graceful_timeout)),
-        limit_concurrency=config.max_connections,
-    ))
+        timeout_graceful_shutdown=ABANDONED_GRACE, limit_concurrency=config.max_connections,
+    ), app, config.graceful_timeout)
     with _sigterm_exits_cleanly():
         server.run()
     return 0 if server.started else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -22,16 +23,57 @@ from starlette.routing import Route
 from rewardrt.runtime.api import RewardModel
 from rewardrt.runtime.serve_batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from rewardrt.runtime.serve_metrics import MetricsMiddleware, ServeMetrics
-from rewardrt.runtime.serve_protocol import (Limits, RequestError, parse_get_reward, parse_json,
-                                             parse_rerank, parse_score, too_large)
+from rewardrt.runtime.serve_protocol import (Limits, Rerank, RequestError, parse_get_reward, parse_json,
+                                             parse_rerank, parse_score, too_large, too_long)
 
 if TYPE_CHECKING:
     from rewardrt.runtime.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
 
-ROUTES = {"/score", "/rank", "/get_reward", "/rerank", "/health", "/info", "/metrics"}
+ROUTES = {"/score", "/rank", "/get_reward", "/rerank", "/v1/rerank", "/health", "/info", "/metrics",
+          "/openapi.json"}
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Drain:
+    """Shutdown state shared by the app and the server that runs it (``rewardrt.runtime.serve``).
+
+    While ``draining``, :class:`DrainMiddleware` answers every new request with a JSON 503 (and
+    ``/health`` with ``{"status": "draining"}``) and the requests already in flight run to their end.
+    Plain attributes only: the server sets ``draining`` from a signal handler.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0  # HTTP requests inside the app
+
+
+class DrainMiddleware:
+    """Pure ASGI: counts the requests in flight; refuses new ones while draining."""
+
+    def __init__(self, app, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.draining:
+            if scope["path"] == "/health":
+                body: dict[str, Any] = {"status": "draining"}
+            else:
+                body = {"error": "the server is shutting down and takes no new requests; retry on "
+                                 "another replica", "error_type": "unavailable"}
+            response = JSONResponse(body, status_code=503, headers={"Connection": "close", "Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self.drain.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.in_flight -= 1
 
 
 def _error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -95,10 +137,32 @@ def _by_score(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
 
 
+def _tei_rerank(req: Rerank, scores: list[float], order: list[int]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for i in order:
+        item: dict[str, Any] = {"index": i, "score": scores[i]}
+        if req.return_text:
+            item["text"] = req.texts[i]
+        items.append(item)
+    return items
+
+
+def _cohere_rerank(req: Rerank, scores: list[float], order: list[int], model_name: str) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    for i in order[:req.top_n]:
+        item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+        if req.return_text:
+            item["document"] = {"text": req.texts[i]}
+        results.append(item)
+    return {"id": str(uuid.uuid4()), "model": req.model or model_name, "results": results}
+
+
 def build_app(model: RewardModel, config: ServeConfig) -> Starlette:
     limits = Limits(max_items=config.max_items, max_chars=config.max_chars)
+    model_name = model.path.name
     batcher: MicroBatcher
-    metrics = ServeMetrics(ROUTES, queue_depth=lambda: batcher.pending)
+    drain = Drain()
+    metrics = ServeMetrics(ROUTES, queue_depth=lambda: batcher.pending, in_flight=lambda: drain.in_flight)
     batcher = MicroBatcher(model, max_batch_tokens=config.max_batch_tokens, max_wait_ms=config.max_wait_ms,
                            max_queue=config.max_queue, on_batch=metrics.observe_batch)
 
@@ -122,21 +186,22 @@ def build_app(model: RewardModel, config: ServeConfig) -> Starlette:
 
     @_json_errors
     async def get_reward(request: Request) -> Response:
-        responses, references = parse_get_reward(await body(request), limits)
+        responses, references = parse_get_reward(await body(request), limits, config.strip_tokens)
         scores = await run(responses, references)
         return JSONResponse({"rewards": scores, "scores": scores, "extra_logs": {}})
 
     @_json_errors
     async def rerank(request: Request) -> Response:
         req = parse_rerank(await body(request), limits)
-        scores = await run(req.texts, [req.query] * len(req.texts), "raw_score" if req.raw_scores else "score")
-        items: list[dict[str, Any]] = []
-        for i in _by_score(scores):
-            item: dict[str, Any] = {"index": i, "score": scores[i]}
-            if req.return_text:
-                item["text"] = req.texts[i]
-            items.append(item)
-        return JSONResponse(items)
+        references = [req.query] * len(req.texts)
+        if not req.truncate:
+            over = [i for i, cut in enumerate(model.truncated(req.texts, references)) if cut]
+            if over:
+                raise too_long("texts" if req.shape == "tei" else "documents", over, model.max_length)
+        scores = await run(req.texts, references, "raw_score" if req.raw_scores else "score")
+        order = _by_score(scores)
+        return JSONResponse(_tei_rerank(req, scores, order) if req.shape == "tei"
+                            else _cohere_rerank(req, scores, order, model_name))
 
     async def health(request: Request) -> Response:
         if batcher.closed:
@@ -155,6 +220,12 @@ def build_app(model: RewardModel, config: ServeConfig) -> Starlette:
 
     async def metrics_text(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def openapi(request: Request) -> Response:
+        from rewardrt import __version__
+        from rewardrt.runtime.serve_openapi import schema
+
+        return JSONResponse(schema(__version__))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -179,12 +250,16 @@ def build_app(model: RewardModel, config: ServeConfig) -> Starlette:
         Route("/rank", rank, methods=["POST"]),
         Route("/get_reward", get_reward, methods=["POST"]),
         Route("/rerank", rerank, methods=["POST"]),
+        Route("/v1/rerank", rerank, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/info", info, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.add_middleware(DrainMiddleware, drain=drain)  # inside the metrics: refusals are counted too
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.drain = drain
     app.state.model = model
     app.state.config = config
     app.state.batcher = batcher

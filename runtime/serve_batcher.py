@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 from rewardrt.runtime.api import RewardModel
@@ -72,6 +72,7 @@ class MicroBatcher:
         self._pending = 0  # pairs in self._jobs
         self._cond = threading.Condition()
         self._closing = False
+        self._running: list[_Job] = []  # the jobs of the model call in progress
         self._thread: threading.Thread | None = None
 
     @property
@@ -119,15 +120,44 @@ class MicroBatcher:
         return future
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking work, finish every queued job, then stop the worker."""
+        """Stop taking work, finish every queued job, then stop the worker.
+
+        Past ``timeout`` seconds the jobs still queued fail with :class:`ShuttingDownError` and only
+        the model call in progress is waited for: a process must not exit inside onnxruntime's run
+        (it aborts), and that call cannot be interrupted.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                logger.warning("batcher still busy after %.1f s; leaving it to finish", timeout or 0.0)
+        if thread is None:
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            failed = self.abandon(f"the server shut down before this request was scored ({timeout:g} s "
+                                  "after the shutdown began)")
+            logger.warning("batcher still busy after %.1f s: %d jobs answered 503; waiting for the model "
+                           "call in progress to end", timeout or 0.0, failed)
+            thread.join()
+
+    def abandon(self, reason: str) -> int:
+        """Stop taking work and fail every job not yet answered, queued or in the model call in
+        progress, with :class:`ShuttingDownError` (``reason``); returns how many. The call in
+        progress still runs to its end, its scores unused. For a shutdown whose grace period is over."""
+        with self._cond:
+            self._closing = True
+            jobs = list(self._jobs) + list(self._running)
+            self._jobs.clear()
+            self._pending = 0
+            self._cond.notify_all()
+        failed = 0
+        for job in jobs:
+            try:
+                job.future.set_exception(ShuttingDownError(reason))
+                failed += 1
+            except InvalidStateError:  # answered in the meantime
+                pass
+        return failed
 
     def _estimate(self, response: str, reference: str) -> int:
         return min(self._max_pair_tokens, (len(response) + len(reference)) // CHARS_PER_TOKEN + SPECIAL_TOKENS)
@@ -138,10 +168,14 @@ class MicroBatcher:
             if jobs is None:
                 return
             live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            with self._cond:
+                self._running = live
             for output in OUTPUTS:
                 group = [job for job in live if job.output == output]
                 if group:
                     self._score(group, output)
+            with self._cond:
+                self._running = []
 
     def _take(self) -> list[_Job] | None:
         """The next batch: the oldest job, plus followers while under budget and before its deadline."""
@@ -178,7 +212,7 @@ class MicroBatcher:
         except Exception as exc:  # noqa: BLE001 - isolate the failing job, keep serving the others
             if len(jobs) == 1:
                 logger.exception("scoring a batch of %d pairs failed", len(responses))
-                jobs[0].future.set_exception(exc)
+                _settle(jobs[0].future, exception=exc)
                 return
             logger.warning("a batch of %d jobs failed (%s); scoring them one by one", len(jobs), exc)
             for job in jobs:
@@ -192,5 +226,16 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             stop = start + len(job.responses)
-            job.future.set_result(scores[start:stop])
+            _settle(job.future, result=scores[start:stop])
             start = stop
+
+
+def _settle(future: Future, result: object = None, exception: BaseException | None = None) -> None:
+    """Answer a job unless :meth:`MicroBatcher.abandon` already did."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

@@ -13,11 +13,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class ServeMetrics:
-    """Request count by route and status, request latency, batch size and batch time, queue depth."""
+    """Request count by route and status, request latency, batch size and batch time, queue depth,
+    requests in flight."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, routes: set[str], queue_depth: Callable[[], float]) -> None:
+    def __init__(self, routes: set[str], queue_depth: Callable[[], float],
+                 in_flight: Callable[[], float] | None = None) -> None:
         self.routes = routes
         self.registry = CollectorRegistry()
         self.requests = Counter("rewardrt_requests", "HTTP requests by route and status",
@@ -31,6 +33,10 @@ class ServeMetrics:
         self.pairs = Counter("rewardrt_pairs_scored", "pairs scored", registry=self.registry)
         queue = Gauge("rewardrt_queue_pairs", "pairs waiting for the batcher", registry=self.registry)
         queue.set_function(queue_depth)
+        if in_flight is not None:
+            active = Gauge("rewardrt_requests_in_flight", "HTTP requests being served",
+                           registry=self.registry)
+            active.set_function(in_flight)
 
     def route(self, path: str) -> str:
         """The route label: known paths as is, anything else as 'other' (bounded cardinality)."""

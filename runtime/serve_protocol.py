@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rewardrt.runtime.adapters import strip_prompt
+from rewardrt.runtime.adapters import StripTokens, strip_prompt
 from rewardrt.runtime.api import check_text
 
 
@@ -39,10 +39,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class Rerank:
+    """One rerank request: ``shape`` "tei" (``texts`` in, a bare list out) or "cohere" (``documents``
+    in, ``{"results": [...]}`` out, as Cohere's, Infinity's and Jina's rerank APIs)."""
+
+    shape: str
     query: str
     texts: list[str]
-    raw_scores: bool
-    return_text: bool
+    raw_scores: bool = False  # tei
+    return_text: bool = False  # tei: "text"; cohere: "document" ({"text"}) in each result
+    top_n: int | None = None  # cohere: the n highest results only
+    truncate: bool = True  # false: refuse a pair over the model's max_length (413) instead of cutting it
+    model: str | None = None  # cohere: echoed back, not used to pick a model
 
 
 def parse_json(raw: bytes) -> Any:
@@ -129,11 +136,12 @@ def parse_score(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
     return responses, references
 
 
-def parse_get_reward(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
+def parse_get_reward(body: Any, limits: Limits, strip_tokens: StripTokens = ()) -> tuple[list[str], list[str]]:
     """/get_reward (OpenRLHF): ``{"query", "prompts", "labels"}`` -> (responses, references).
 
-    Each response is its query with the prompt prefix removed (see ``adapters.strip_prompt``);
-    ``prompts`` may be omitted (the whole query is then the response); ``labels`` are the references.
+    Each response is its query with the prompt prefix and ``strip_tokens`` removed (see
+    ``adapters.strip_prompt``); ``prompts`` may be omitted (the whole query, minus the tokens, is then
+    the response); ``labels`` are the references.
     """
     body = _object(body)
     queries = _texts(body, "query", limits)
@@ -149,19 +157,81 @@ def parse_get_reward(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
         raise RequestError(422, "validation", f"'labels' has {len(labels)} items for {len(queries)} "
                                               "queries; give one per query")
     if prompts is None:
-        return list(queries), labels
-    return [strip_prompt(q, p) for q, p in zip(queries, prompts)], labels
+        return [strip_prompt(q, None, strip_tokens) for q in queries], labels
+    return [strip_prompt(q, p, strip_tokens) for q, p in zip(queries, prompts)], labels
+
+
+def _documents(body: dict[str, Any], limits: Limits) -> list[str]:
+    values = body.get("documents")
+    if not isinstance(values, list):
+        raise RequestError(422, "validation", "'documents' must be a list of strings or of objects with "
+                                              f"'text', got {_kind(values)}")
+    if len(values) > limits.max_items:
+        raise too_large("the number of items in 'documents'", len(values), limits.max_items, "max_items")
+    texts = []
+    for i, value in enumerate(values):
+        if isinstance(value, dict):
+            if "text" not in value:
+                raise RequestError(422, "validation", f"'documents[{i}]' is an object without 'text'")
+            value = value["text"]
+            texts.append(_text(value, f"documents[{i}].text", limits))
+        else:
+            texts.append(_text(value, f"documents[{i}]", limits))
+    return texts
+
+
+def _top_n(body: dict[str, Any], count: int) -> int | None:
+    value = body.get("top_n")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(422, "validation", f"'top_n' must be an integer >= 1, got {value!r}")
+    return min(value, count)
 
 
 def parse_rerank(body: Any, limits: Limits) -> Rerank:
-    """/rerank (TEI): ``{"query", "texts", "raw_scores"?, "return_text"?}``; ``truncate`` and
-    ``truncation_direction`` are accepted and ignored (a pair over the model's max_length keeps the
-    reference and the end of the text, the runtime's default truncation)."""
+    """/rerank and /v1/rerank. Two request shapes, told apart by their list field:
+
+    - TEI: ``{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?}`` (a bare list back);
+    - Cohere / Infinity / Jina: ``{"query", "documents", "top_n"?, "return_documents"?, "model"?,
+      "truncate"?}``, documents as strings or ``{"text": ...}`` objects (``{"results": [...]}`` back).
+
+    The query is the reference. ``truncate: false`` refuses a pair over the model's max_length; by
+    default (absent or true) such a pair keeps the reference and the end of the text (the runtime's
+    truncation). ``truncation_direction`` is accepted and ignored.
+    """
     body = _object(body)
     if "query" not in body:
         raise RequestError(422, "validation", "missing field 'query' (the reference text)")
     query = _text(body["query"], "query", limits)
-    texts = _texts(body, "texts", limits)
+    has_texts, has_docs = body.get("texts") is not None, body.get("documents") is not None
+    if has_texts == has_docs:
+        raise RequestError(422, "validation", "give exactly one of 'texts' (TEI) or 'documents' "
+                                              "(Cohere/Infinity): the texts to rank against 'query'")
+    truncate = body.get("truncate", True)
+    if truncate is None:
+        truncate = True
+    if not isinstance(truncate, bool):
+        raise RequestError(422, "validation", f"'truncate' must be true or false, got {_kind(truncate)}")
+    if has_texts:
+        texts = _texts(body, "texts", limits)
+        if not texts:
+            raise RequestError(422, "validation", "'texts' cannot be empty")
+        return Rerank("tei", query, texts, raw_scores=_flag(body, "raw_scores"),
+                      return_text=_flag(body, "return_text"), truncate=truncate)
+    texts = _documents(body, limits)
     if not texts:
-        raise RequestError(422, "validation", "'texts' cannot be empty")
-    return Rerank(query, texts, _flag(body, "raw_scores"), _flag(body, "return_text"))
+        raise RequestError(422, "validation", "'documents' cannot be empty")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(422, "validation", f"'model' must be a string, got {_kind(model)}")
+    return Rerank("cohere", query, texts, return_text=_flag(body, "return_documents"),
+                  top_n=_top_n(body, len(texts)), truncate=truncate, model=model)
+
+
+def too_long(field: str, items: list[int], max_length: int) -> RequestError:
+    """413 for ``truncate: false`` and pairs over the model's max_length (as TEI refuses them)."""
+    shown = ", ".join(f"{field}[{i}]" for i in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    return RequestError(413, "validation", f"{shown} with the query exceed{'s' if len(items) == 1 else ''} "
+                                           f"the model's max_length of {max_length} tokens and 'truncate' "
+                                           "is false; shorten them or allow truncation", limit="max_length")

@@ -96,3 +96,27 @@ def minilm_shaped_fp32(minilm_shaped_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32-384") / "tiny384.fp32.onnx"
     _export(minilm_shaped_checkpoint, out, "fp32")
     return out
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``rewardrt ARGV`` in process: (exit code, stdout, stderr), argparse's exits included."""
+    from rewardrt.cli import main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    """The CLI's error style: exit 2, one ``error: ...`` line matching ``pattern``, no traceback."""
+    import re
+
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(pattern, err), err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,11 +12,21 @@ import numpy as np
 import pytest
 
 from rewardrt.runtime import adapters
-from rewardrt.runtime.adapters import (compute_score, compute_score_batch, completion_text, reward_func,
-                                       set_default_model, strip_prompt, trl_reward_fn)
+from rewardrt.runtime.adapters import (CHAT_TOKENS, TRLReward, compute_score, compute_score_batch,
+                                       compute_score_batch_float, compute_score_float, completion_text,
+                                       parse_strip_tokens, reward_func, set_default_model,
+                                       strip_chat_tokens, strip_prompt, trl_reward_fn)
 from rewardrt.runtime.api import RewardModel
 
 REF = "The capital of France is Paris."
+CLEAN = ["Paris.", "Lyon.", "It is Paris, of course.", "72"]
+# one trailing (or padding) token sequence per template family, as decoding with special tokens leaves it
+ENDINGS = ["<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|><|endoftext|>", "<end_of_turn>\n",
+           "<\uff5cend\u2581of\u2581sentence\uff5c>", "<|end|><|endoftext|>", "<|im_end|>\n<|im_start|>"]
+
+
+def with_tokens(texts):
+    return [t + ENDINGS[i % len(ENDINGS)] for i, t in enumerate(texts)]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +53,33 @@ def test_strip_prompt_rule():
     assert strip_prompt("whole", None) == "whole"
 
 
+def test_strip_chat_tokens():
+    assert strip_chat_tokens("Paris.<|im_end|>\n<|endoftext|>") == "Paris.\n"
+    assert strip_chat_tokens("<s>[INST] q [/INST] a</s>") == " q  a"
+    assert strip_chat_tokens("a < b and c > d") == "a < b and c > d"  # only whole tokens
+    assert strip_chat_tokens("Paris.<|im_end|>", None) == "Paris.<|im_end|>"
+    assert strip_chat_tokens("x<my>y", ["<my>"]) == "xy"
+    with pytest.raises(ValueError, match="strip_tokens\\[1\\] must be a non-empty str"):
+        strip_chat_tokens("x", ["<a>", ""])
+    with pytest.raises(TypeError, match="strip_tokens must be a list of str or None"):
+        strip_chat_tokens("x", "<a>")
+    # the prompt and the query lose the same tokens, so left padding does not hide the prompt
+    prompt = "<|im_start|>user\nCapital?<|im_end|>\n<|im_start|>assistant\n"
+    query = "<|endoftext|><|endoftext|>" + prompt + "Paris.<|im_end|><|endoftext|>"
+    assert strip_prompt(query, prompt, CHAT_TOKENS) == "Paris."
+
+
+def test_parse_strip_tokens():
+    assert parse_strip_tokens("default") == CHAT_TOKENS
+    assert parse_strip_tokens("none") == () and parse_strip_tokens("") == ()
+    assert parse_strip_tokens("default,<|my_eot|>") == CHAT_TOKENS + ("<|my_eot|>",)
+    assert parse_strip_tokens("<a>, <b>") == ("<a>", "<b>")
+    with pytest.raises(ValueError, match="REWARDRT_STRIP_TOKENS: empty item"):
+        parse_strip_tokens("<a>,,<b>")
+    with pytest.raises(ValueError, match="'none' cannot be combined"):
+        parse_strip_tokens("none,<a>")
+
+
 def test_completion_text_shapes():
     assert completion_text("plain") == "plain"
     convo = [{"role": "assistant", "content": "first"}, {"role": "tool", "content": "x"},
@@ -49,10 +88,25 @@ def test_completion_text_shapes():
     parts = [{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "image"},
                                                {"type": "text", "text": "b"}]}]
     assert completion_text(parts) == "ab"
-    with pytest.raises(ValueError, match="without an assistant message"):
+    with pytest.raises(ValueError, match="without an assistant message \\(roles: user\\)"):
         completion_text([{"role": "user", "content": "q"}], "completions[3]")
     with pytest.raises(TypeError, match="completions\\[0\\] must be a str or a list of chat messages"):
         completion_text(42, "completions[0]")
+    # messages without a role: the last one is the reply; content None (tool calls only) is empty
+    assert completion_text([{"content": "only"}]) == "only"
+    assert completion_text([{"content": "a"}, {"content": "b"}]) == "b"
+    assert completion_text([{"role": "assistant", "content": None, "tool_calls": [{}]}]) == ""
+    assert completion_text([{"role": "assistant", "content": ["a", {"type": "text", "text": "b"}]}]) == "ab"
+    with pytest.raises(TypeError, match=r"completions\[2\]\[0\] must be a chat message dict"):
+        completion_text(["not a message"], "completions[2]")
+    with pytest.raises(ValueError, match=r"completions\[1\]\[0\] has no 'content'"):
+        completion_text([{"role": "assistant"}], "completions[1]")
+    with pytest.raises(TypeError, match=r"completions\[0\]\[0\].content\[1\] must be a str or a content part"):
+        completion_text([{"role": "assistant", "content": ["a", 3]}], "completions[0]")
+    with pytest.raises(TypeError, match=r"content\[0\]: a text part needs 'text' as a str"):
+        completion_text([{"role": "assistant", "content": [{"type": "text"}]}])
+    with pytest.raises(ValueError, match="empty conversation"):
+        completion_text([], "completions[0]")
 
 
 # --- TRL -----------------------------------------------------------------------------------------------
@@ -68,6 +122,26 @@ def test_trl_plain_completions(model):
              trainer_state=object(), answer=answers, level=[1, 2, 3])
     assert got == model.batch_score(completions, answers)
     assert all(type(x) is float for x in got)
+
+
+def test_trl_reward_pickles_and_keeps_its_name(model, tiny_int8):
+    """Async GRPO and multiprocessing pickle the reward; it must arrive whole, model included."""
+    fn = TRLReward(tiny_int8[0], reference_column="answer", name="equiv")
+    assert fn.__name__ == "equiv"
+    clone = pickle.loads(pickle.dumps(fn))
+    assert clone.__name__ == "equiv" and clone.reference_column == "answer"
+    assert clone(prompts=["p"] * 4, completions=CLEAN, answer=[REF] * 4) == model.batch_score(CLEAN, REF)
+    assert pickle.loads(pickle.dumps(model)).batch_score(CLEAN, REF) == model.batch_score(CLEAN, REF)
+
+
+def _call_in_child(fn):
+    return fn(prompts=["p"] * 4, completions=with_tokens(CLEAN), answer=[REF] * 4)
+
+
+def test_trl_reward_runs_in_a_spawned_process(model, tiny_int8):
+    fn = trl_reward_fn(tiny_int8[0])
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_call_in_child, (fn,)) == model.batch_score(CLEAN, REF)
 
 
 def test_trl_conversational_completions(model, tiny_int8):
@@ -96,9 +170,15 @@ def test_verl_compute_score(default):
     # verl calls it with keywords (and may add its own reward kwargs)
     got = compute_score(data_source="openai/gsm8k", solution_str="Paris.", ground_truth=REF,
                         extra_info={"split": "train", "index": 3}, sandbox_fusion_url=None)
-    assert type(got) is float and got == default.score("Paris.", REF)
+    assert got == {"score": default.score("Paris.", REF), "truncated": False}
+    assert type(got["score"]) is float
+    flat = compute_score_float(data_source="openai/gsm8k", solution_str="Paris.", ground_truth=REF,
+                               extra_info=None)
+    assert type(flat) is float and flat == got["score"]
     with pytest.raises(TypeError, match="ground_truth must be a str.*reward_model.ground_truth"):
         compute_score("src", "Paris.", None)
+    long = " ".join(["word"] * 600)
+    assert compute_score("src", long, REF)["truncated"] is True
 
 
 def test_verl_compute_score_batch(default):
@@ -109,7 +189,10 @@ def test_verl_compute_score_batch(default):
     extras = [{"rollout_reward_scores": {}}] * 3
     got = compute_score_batch(data_sources=data_sources, solution_strs=solutions, ground_truths=truths,
                               extra_infos=extras)
-    assert got == default.batch_score(solutions, list(truths))
+    expected = default.batch_score(solutions, list(truths))
+    assert got == [{"score": x, "truncated": False} for x in expected]
+    assert compute_score_batch_float(data_sources=data_sources, solution_strs=solutions, ground_truths=truths,
+                                     extra_infos=extras) == expected
     with pytest.raises(ValueError, match="2 ground_truths for 3 solution_strs"):
         compute_score_batch(data_sources, solutions, truths[:2], extras)
 
@@ -133,12 +216,39 @@ def test_openrlhf_reward_func(default):
     queries = [prompts[0] + "Paris.</s>", "decoded differently: 4"]
     labels = [REF, "4"]
     got = reward_func(queries, prompts, labels)
-    expected = default.batch_score(["Paris.</s>", queries[1]], labels)
+    # the prompt goes, and so do the chat tokens of the unmatched query (none here)
+    expected = default.batch_score(["Paris.", queries[1]], labels)
     assert got == {"rewards": expected, "scores": expected, "extra_logs": {}}
     assert all(type(x) is float for x in got["rewards"])
     # current OpenRLHF calls it once per sample, with one-element lists
     one = reward_func([queries[0]], [prompts[0]], [labels[0]])
-    assert one["rewards"] == [default.score("Paris.</s>", REF)]
+    assert one["rewards"] == [default.score("Paris.", REF)]
+
+
+# --- chat tokens: every RL path scores the clean text -------------------------------------------------
+
+def test_trailing_chat_tokens_score_exactly_as_the_clean_texts(default, monkeypatch):
+    monkeypatch.delenv(adapters.ENV_STRIP_TOKENS, raising=False)
+    clean = default.batch_score(CLEAN, REF)
+    dirty = with_tokens(CLEAN)
+    assert default.batch_score(dirty, REF) != clean  # as text, the tokens do change the scores
+    refs = [REF] * len(CLEAN)
+    assert trl_reward_fn(default)(prompts=["q"] * 4, completions=dirty, answer=refs) == clean
+    convo = [[{"role": "assistant", "content": d}] for d in dirty]
+    assert trl_reward_fn(default)(prompts=["q"] * 4, completions=convo, answer=refs) == clean
+    assert [compute_score("s", d, REF)["score"] for d in dirty] == clean
+    assert compute_score_batch_float(["s"] * 4, dirty, refs) == clean
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    queries = ["<|endoftext|>" + prompt + d for d in dirty]  # left padding, prompt, response, end of turn
+    assert reward_func(queries, [prompt] * 4, refs)["rewards"] == clean
+    # the off switch, per adapter and per process
+    assert trl_reward_fn(default, strip_tokens=None)(completions=dirty, answer=refs) == default.batch_score(dirty, REF)
+    assert compute_score_batch_float(["s"] * 4, dirty, refs, strip_tokens=None) == default.batch_score(dirty, REF)
+    monkeypatch.setenv(adapters.ENV_STRIP_TOKENS, "none")
+    assert reward_func(dirty, None, refs)["rewards"] == default.batch_score(dirty, REF)
+    monkeypatch.setenv(adapters.ENV_STRIP_TOKENS, "<|im_end|>")  # a list of one's own
+    assert compute_score("s", "Paris.<|im_end|>", REF)["score"] == clean[0]
+    assert compute_score("s", "Paris.</s>", REF)["score"] == default.score("Paris.</s>", REF)
 
 
 def test_openrlhf_errors(default):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error
 
 from rewardrt.cli import main
 from rewardrt.runtime import cli as runtime_cli
@@ -52,6 +53,39 @@ def test_rank_one_list(path, model, capsys):
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     expected = model.rank(responses, REF)
     assert [(int(i), r) for _, i, r in rows] == [(e.index, e.response) for e in expected]
+
+
+def test_one_item_honours_output(path, model, tmp_path, capsys):
+    out = tmp_path / "one.jsonl"
+    assert main(["score", "--model", path, "--reference", REF, "--response", "Paris.", "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert read_jsonl(out.read_text()) == [{"reference": REF, "response": "Paris.", "score": model.score("Paris.", REF)}]
+    ranked = tmp_path / "ranked.jsonl"
+    assert main(["rank", "--model", path, "--reference", REF, "Lyon.", "Paris.", "--output", str(ranked)]) == 0
+    row = read_jsonl(ranked.read_text())[0]
+    assert row["ranked"] == [{"index": r.index, "response": r.response, "score": r.score}
+                             for r in model.rank(["Lyon.", "Paris."], REF)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "ranked.jsonl"]  # no temporary left
+    assert main(["score", "--model", path, "--reference", REF, "--response", "x",
+                 "--output", str(tmp_path / "no" / "x.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["score", "--threads", "0", "--reference", "r", "--response", "x"], r"argument --threads: must be an integer >= 1, got '0'"),
+    (["rank", "--threads", "two", "--reference", "r", "x"], r"argument --threads: must be an integer >= 1, got 'two'"),
+    (["score", "--actors", "0", "--input", "x", "--ray", "local"], "argument --actors: must be an integer >= 1"),
+    (["export", "ckpt", "-o", "x.onnx", "--max-length", "2"], r"argument --max-length: must be an integer in \[3, 8192\]"),
+    (["export", "ckpt", "-o", "x.onnx", "--agreement-margin", "0"], "argument --agreement-margin: must be a number > 0"),
+    (["export", "ckpt", "-o", "x.onnx", "--gate-retries", "9"], r"argument --gate-retries: must be an integer in \[0, 8\]"),
+    (["train", "--cpus", "0"], "argument --cpus: must be an integer >= 1"),
+    (["eval", "--probe-seed", "x"], "argument --probe-seed: must be an integer, got 'x'"),
+    (["bench", "--rounds", "0"], "--rounds"),
+    (["nosuchcommand"], "argument COMMAND: invalid choice"),
+    (["score", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_every_bad_option_value_is_one_line_exit_2(argv, needle, cli):
+    assert_one_line_error(*cli(argv)[::2], needle)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 
 from rewardrt.runtime import edits
 from rewardrt.runtime.evaluate import evaluate, format_table, swap_probes, word_f1, word_f1_scorer
@@ -112,10 +113,8 @@ def test_bad_eval_rows_name_file_line_and_field(tmp_path, line, match):
         read_labelled(path)
 
 
-def test_eval_cli_bad_data_is_one_line(tmp_path, tiny_int8):
-    from rewardrt.cli import main
-
+def test_eval_cli_bad_data_is_one_line(tmp_path, tiny_int8, cli):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": "x", "b": 3, "source": "s"}\n')
-    with pytest.raises(SystemExit, match=r"rewardrt eval: .*bad.jsonl:1: field 'b' must be a string"):
-        main(["eval", str(tiny_int8[0]), str(path), "--no-baselines"])
+    assert_one_line_error(*cli(["eval", str(tiny_int8[0]), str(path), "--no-baselines"])[::2],
+                          r"bad.jsonl:1: field 'b' must be a string")

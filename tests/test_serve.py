@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from conftest import assert_one_line_error
 
 pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
@@ -109,6 +110,96 @@ def test_rerank_tei_shape(client, model):
     raws = model.raw_scores(texts, REF)
     assert [item["score"] for item in raw] == sorted(raws, reverse=True)
     assert all(set(item) == {"index", "score"} for item in raw)
+
+
+def test_rerank_cohere_shape_on_both_routes(client, model):
+    docs = ["Paris.", {"text": "It is Lyon."}, "Paris is the capital of France.", {"text": "I do not know."}]
+    scores = model.batch_score(RESPONSES, REF)
+    order = sorted(range(len(RESPONSES)), key=lambda i: scores[i], reverse=True)
+    for route in ("/rerank", "/v1/rerank"):
+        got = client.post(route, json={"model": "rerank-v3", "query": REF, "documents": docs, "top_n": 2,
+                                       "return_documents": True}).json()
+        assert got["results"] == [{"index": i, "relevance_score": scores[i], "document": {"text": RESPONSES[i]}}
+                                  for i in order[:2]]
+        assert got["model"] == "rerank-v3" and got["id"]
+    bare = client.post("/v1/rerank", json={"query": REF, "documents": RESPONSES, "top_n": 99}).json()
+    assert bare["results"] == [{"index": i, "relevance_score": scores[i]} for i in order]
+    assert bare["model"] == model.path.name
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"query": REF, "documents": [{"title": "x"}]}, "'documents[0]' is an object without 'text'"),
+    ({"query": REF, "documents": ["a", 3]}, "'documents[1]' must be a string"),
+    ({"query": REF, "documents": [{"text": 3}]}, "'documents[0].text' must be a string"),
+    ({"query": REF, "documents": []}, "'documents' cannot be empty"),
+    ({"query": REF, "documents": ["a"], "top_n": 0}, "'top_n' must be an integer >= 1"),
+    ({"query": REF, "documents": ["a"], "texts": ["a"]}, "exactly one of 'texts'"),
+    ({"query": REF}, "exactly one of 'texts'"),
+    ({"query": REF, "documents": ["a"], "truncate": "no"}, "'truncate' must be true or false"),
+])
+def test_rerank_cohere_errors_name_the_field(client, body, needle):
+    r = client.post("/v1/rerank", json=body)
+    assert r.status_code == 422 and needle in r.json()["error"], r.json()
+
+
+def test_rerank_truncate_false_refuses_an_overlong_item(tiny_int8):
+    short = RewardModel(tiny_int8[0], max_length=32)
+    long = " ".join(["word"] * 60)
+    with TestClient(create_app(short)) as c:
+        r = c.post("/rerank", json={"query": REF, "texts": ["Paris.", long], "truncate": False})
+        assert r.status_code == 413 and r.json()["limit"] == "max_length"
+        assert "texts[1] with the query exceeds the model's max_length of 32 tokens" in r.json()["error"]
+        r = c.post("/v1/rerank", json={"query": REF, "documents": [long, long], "truncate": False})
+        assert r.status_code == 413 and "documents[0], documents[1]" in r.json()["error"]
+        cut = c.post("/rerank", json={"query": REF, "texts": ["Paris.", long]})  # default: truncated
+        assert cut.status_code == 200 and len(cut.json()) == 2
+
+
+def test_get_reward_strips_chat_tokens(model):
+    prompt = "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"
+    clean = ["Paris.", "Lyon.", "72"]
+    queries = ["<|endoftext|>" + prompt + c + "<|im_end|><|endoftext|>" for c in clean]
+    body = {"query": queries, "prompts": [prompt] * 3, "labels": [REF] * 3}
+    with TestClient(create_app(model)) as c:
+        assert c.post("/get_reward", json=body).json()["rewards"] == model.batch_score(clean, REF)
+        no_prompts = {"query": [x + "</s>" for x in clean], "labels": [REF] * 3}
+        assert c.post("/get_reward", json=no_prompts).json()["rewards"] == model.batch_score(clean, REF)
+    with TestClient(create_app(model, ServeConfig(strip_tokens=()))) as c:
+        # kept as text: the padding hides the prompt too, so the whole query is scored
+        assert c.post("/get_reward", json=body).json()["rewards"] == model.batch_score(queries, REF)
+    with pytest.raises(ValueError, match="strip_tokens\\[0\\] must be a non-empty str"):
+        ServeConfig(strip_tokens=("",))
+
+
+def test_openapi_describes_every_route_and_the_real_bodies(client, model):
+    jsonschema = pytest.importorskip("jsonschema")
+    from rewardrt.runtime.serve_app import ROUTES
+
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1") and set(doc["paths"]) == ROUTES
+
+    def check(instance, name):
+        jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                         "components": doc["components"]}).validate(instance)
+
+    calls = [
+        ("/score", {"reference": REF, "responses": RESPONSES}, "ScoreRequest", "ScoreResponse"),
+        ("/rank", {"references": [REF] * 4, "responses": RESPONSES}, "ScoreRequest", "RankResponse"),
+        ("/get_reward", {"query": RESPONSES, "prompts": [""] * 4, "labels": [REF] * 4}, "GetRewardRequest",
+         "GetRewardResponse"),
+        ("/rerank", {"query": REF, "texts": RESPONSES, "return_text": True}, "TEIRerankRequest",
+         "TEIRerankResponse"),
+        ("/v1/rerank", {"query": REF, "documents": RESPONSES, "return_documents": True, "top_n": 2},
+         "CohereRerankRequest", "CohereRerankResponse"),
+    ]
+    for route, body, request, response in calls:
+        check(body, request)
+        r = client.post(route, json=body)
+        assert r.status_code == 200
+        check(r.json(), response)
+    check(client.post("/score", json={"responses": ["a"]}).json(), "Error")
+    check(client.get("/health").json(), "Health")
+    check(client.get("/info").json(), "Info")
 
 
 # --- errors and limits -------------------------------------------------------------------------------
@@ -293,13 +384,113 @@ def test_serve_subprocess_sigterm_exits_cleanly(tiny_int8, tmp_path):
     assert "batcher drained and stopped" in text and "Finished server process" in text
 
 
-def test_serve_refuses_a_missing_model(tmp_path, capsys):
-    from rewardrt.cli import main
+class SlowRequest(threading.Thread):
+    """One /score request of many long pairs (seconds of work for the real model at 1 thread)."""
 
-    assert main(["serve", "--model", str(tmp_path / "no.onnx")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["serve", "--max-queue", "0"]) == 2
-    assert "max_queue must be >= 1" in capsys.readouterr().err
+    def __init__(self, port: int, pairs: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.pairs = port, pairs
+        self.status: int | None = None
+        self.body: dict = {}
+
+    def run(self) -> None:
+        words = "the answer to the question follows from the steps shown above and the total is".split()
+        responses = [" ".join(words[(i + j) % len(words)] for j in range(400)) + f" {i}" for i in range(self.pairs)]
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        conn.request("POST", "/score", json.dumps({"reference": "42", "responses": responses}),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        self.status, self.body = response.status, json.loads(response.read())
+        conn.close()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    out = response.status, response.read().decode()
+    conn.close()
+    return out
+
+
+def _in_flight(port: int) -> float:
+    text = _get(port, "/metrics")[1]
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("rewardrt_requests_in_flight "))
+
+
+def _serve_default_model(tmp_path, grace: str):
+    from rewardrt.bench.loadtest import free_port, start_server, wait_ready
+    from rewardrt.models import default_model_path
+
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start_server(default_model_path(), port, log,
+                        ["--threads", "1", "--graceful-timeout", grace, "--log-level", "info"])
+    wait_ready(proc, port, 60, log)
+    return proc, port, log
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_as_json(tmp_path):
+    import signal
+
+    proc, port, log = _serve_default_model(tmp_path, "120")
+    try:
+        slow = SlowRequest(port, pairs=160)
+        slow.start()
+        wait_until(lambda: _in_flight(port) >= 2, timeout=30)  # the slow request and this /metrics call
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _get(port, "/health")[0] == 503, timeout=10)
+        assert json.loads(_get(port, "/health")[1]) == {"status": "draining"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/score", json.dumps({"reference": REF, "responses": ["Paris."]}),
+                     {"Content-Type": "application/json"})
+        refused = conn.getresponse()
+        assert refused.status == 503 and refused.getheader("Retry-After") == "1"
+        assert json.loads(refused.read())["error_type"] == "unavailable"
+        conn.close()
+        assert slow.is_alive(), "the slow request ended before the drain was observed; make it longer"
+        slow.join(300)
+        assert slow.status == 200 and len(slow.body["scores"]) == 160  # accepted, so answered
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "drained: no request in flight" in text and "Traceback" not in text, text
+
+
+@pytest.mark.slow
+def test_a_request_past_the_grace_period_gets_a_json_503(tmp_path):
+    import signal
+
+    proc, port, log = _serve_default_model(tmp_path, "1")
+    try:
+        slow = SlowRequest(port, pairs=240)
+        slow.start()
+        wait_until(lambda: _in_flight(port) >= 2, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        slow.join(300)
+        assert slow.status == 503, slow.body
+        assert slow.body["error_type"] == "unavailable"
+        assert "shut down before this request was scored (grace period 1 s" in slow.body["error"]
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "answered 503" in text and "Traceback" not in text, text
+
+
+def test_serve_refuses_a_missing_model_and_bad_options(tmp_path, cli):
+    assert_one_line_error(*cli(["serve", "--model", str(tmp_path / "no.onnx")])[::2], "does not exist")
+    for option, value, needle in [("--max-queue", "0", "must be an integer >= 1, got '0'"),
+                                  ("--port", "70000", r"must be an integer in \[0, 65535\]"),
+                                  ("--max-wait-ms", "-1", "must be a number >= 0"),
+                                  ("--graceful-timeout", "nan", "must be a number >= 1"),
+                                  ("--threads", "0", "must be an integer >= 1"),
+                                  ("--strip-tokens", "none,<a>", "'none' cannot be combined")]:
+        assert_one_line_error(*cli(["serve", option, value])[::2], f"argument {option}: {needle}")
 
 
 def test_short_loadtest(tiny_int8):

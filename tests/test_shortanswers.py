@@ -6,6 +6,7 @@ import json
 from dataclasses import fields
 
 import pytest
+from conftest import assert_one_line_error
 
 from rewardrt.models import shortanswers as sa
 
@@ -88,14 +89,11 @@ def test_eval_prints_the_short_answer_table_torch_free(tiny_int8, capsys, tmp_pa
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--probe-groups", "0"], "--probe-groups must be >= 1"),
+    (["--probe-groups", "0"], "argument --probe-groups: must be an integer >= 1, got '0'"),
     (["nowhere.onnx"], "does not exist"),
 ])
-def test_eval_bad_arguments(argv, match, capsys):
-    from rewardrt.cli import main
-
-    with pytest.raises(SystemExit, match=match):
-        main(["eval", *argv])
+def test_eval_bad_arguments(argv, match, cli):
+    assert_one_line_error(*cli(["eval", *argv])[::2], match)
 
 
 def test_eval_reports_int8_fidelity_against_its_fp32_model(tiny_int8, tiny_checkpoint, capsys, tmp_path):

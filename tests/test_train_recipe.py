@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+from conftest import assert_one_line_error
 
 train = pytest.importorskip("rewardrt.models.train")
 
@@ -426,18 +427,16 @@ def test_train_soup_trains_in_order_resumes_and_averages(tmp_path, caplog):
     assert "reusing" not in caplog.text and "run b: training" in caplog.text
 
 
-def test_training_without_data_says_what_data_is_needed(tmp_path, monkeypatch, capsys):
-    from rewardrt.cli import main
-
+def test_training_without_data_says_what_data_is_needed(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("REWARDRT_DATA", raising=False)
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"trainable_layers": 1}))  # pairs-train.jsonl, relative to --data
-    with pytest.raises(SystemExit, match=r"training needs labelled sentence pairs .*--data DIR.*REWARDRT_DATA"):
-        main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match=r"--data .* is not a folder"):
-        main(["train", "--recipe", str(recipe), "--data", str(tmp_path / "nowhere")])
-    with pytest.raises(SystemExit, match=r"pairs-train.jsonl.* does not exist"):
-        main(["train", "--recipe", str(recipe), "--data", str(tmp_path)])
+    assert_one_line_error(*cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "out")])[::2],
+                          r"training needs labelled sentence pairs .*--data DIR.*REWARDRT_DATA")
+    assert_one_line_error(*cli(["train", "--recipe", str(recipe), "--data", str(tmp_path / "nowhere")])[::2],
+                          r"--data .* is not a folder")
+    assert_one_line_error(*cli(["train", "--recipe", str(recipe), "--data", str(tmp_path)])[::2],
+                          r"pairs-train.jsonl.* does not exist")
     assert not (tmp_path / "out").exists()
 
 
@@ -468,13 +467,12 @@ def test_short_answer_examples_join_the_training_pairs():
     assert {t for (_, _, t), _ in short} == {r.short_positive_target, r.short_negative_target}
 
 
-def test_a_malformed_training_file_is_one_line_and_writes_nothing(tmp_path, capsys):
-    from rewardrt.cli import main
-
+def test_a_malformed_training_file_is_one_line_and_writes_nothing(tmp_path, cli):
     (tmp_path / "pairs-train.jsonl").write_text('{"a": "x", "b": "y", "source": "s", "similarity": 2}\n')
     (tmp_path / "pairs-dev.jsonl").write_text('{"a": "x", "b": "y", "source": "s", "similarity": 0.5}\n')
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"trainable_layers": 1}))
-    with pytest.raises(SystemExit, match=r"pairs-train.jsonl:1: field 'similarity' must be a number in 0..1"):
-        main(["train", "--recipe", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert_one_line_error(
+        *cli(["train", "--recipe", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "out")])[::2],
+        r"pairs-train.jsonl:1: field 'similarity' must be a number in 0..1")
     assert not (tmp_path / "out").exists()

@@ -17,8 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rewardrt.export import cli as export_cli
     from rewardrt.models import cli as models_cli
     from rewardrt.runtime import cli as runtime_cli
+    from rewardrt.runtime.clibase import Parser
 
-    parser = argparse.ArgumentParser(prog="rewardrt", description="Fast torch-free CPU reward scoring.")
+    parser = Parser(prog="rewardrt", description="Fast torch-free CPU reward scoring.")
     parser.add_argument("--version", action="version", version=f"rewardrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runtime_cli.add_parsers(sub)
@@ -34,9 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rewardrt.runtime.clibase import CliError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
     except ModuleNotFoundError as exc:
         extra = EXTRA_FOR.get((exc.name or "").split(".")[0])
         if extra is None:
