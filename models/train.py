@@ -110,7 +110,9 @@ class Recipe:
     # Generated short answers (rewardrt.models.shortanswers, the TRAIN template set): groups per kind,
     # each a reference with same-answer responses at short_positive_target and different-answer ones
     # (near-miss numbers, wrong units, opposite yes/no, other options, off-by-one dates, other
-    # entities, worked solutions whose final answer is wrong, empty responses) at short_negative_target
+    # entities, worked solutions whose final answer is wrong, empty responses) at short_negative_target.
+    # The loss sees the raw head output (the clamp to [0, 1] comes after), so a negative target below 0
+    # is a margin: a near miss must land well under 0.5, not just under it.
     short_answer_groups: int = 0
     short_positive_target: float = 1.0
     short_negative_target: float = 0.0
@@ -124,9 +126,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.release_precision not in ("float32", "float16"):
             raise ValueError(f"release_precision must be 'float32' or 'float16', got {self.release_precision!r}")
-        for name in ("teacher_weight", "contradiction_cap", "short_positive_target", "short_negative_target"):
+        for name in ("teacher_weight", "contradiction_cap", "short_positive_target"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not -1 <= self.short_negative_target < 0.5:
+            raise ValueError(f"short_negative_target must be in [-1, 0.5), got {self.short_negative_target}")
         if self.max_edits_per_change is not None and (not isinstance(self.max_edits_per_change, int)
                                                       or self.max_edits_per_change < 1):
             raise ValueError("max_edits_per_change must be a positive int or null, "

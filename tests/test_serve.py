@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from conftest import assert_one_line_error
@@ -419,27 +421,32 @@ def _in_flight(port: int) -> float:
                 if line.startswith("rewardrt_requests_in_flight "))
 
 
-def _serve_default_model(tmp_path, grace: str):
+@contextmanager
+def _sigterm_during_a_slow_request(tmp_path, grace: str, pairs: int):
+    """A real server on the default model (1 thread), a slow request in flight, then SIGTERM:
+    yields (process, port, the request's thread); the process is killed if still alive after."""
     from rewardrt.bench.loadtest import free_port, start_server, wait_ready
     from rewardrt.models import default_model_path
 
     port, log = free_port(), tmp_path / "serve.log"
     proc = start_server(default_model_path(), port, log,
                         ["--threads", "1", "--graceful-timeout", grace, "--log-level", "info"])
-    wait_ready(proc, port, 60, log)
-    return proc, port, log
+    try:
+        wait_ready(proc, port, 60, log)
+        slow = SlowRequest(port, pairs)
+        slow.start()
+        wait_until(lambda: _in_flight(port) >= 2, timeout=30)  # the slow request and this /metrics call
+        proc.send_signal(signal.SIGTERM)
+        yield proc, port, slow
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_as_json(tmp_path):
-    import signal
-
-    proc, port, log = _serve_default_model(tmp_path, "120")
-    try:
-        slow = SlowRequest(port, pairs=160)
-        slow.start()
-        wait_until(lambda: _in_flight(port) >= 2, timeout=30)  # the slow request and this /metrics call
-        proc.send_signal(signal.SIGTERM)
+    with _sigterm_during_a_slow_request(tmp_path, "120", pairs=160) as (proc, port, slow):
         wait_until(lambda: _get(port, "/health")[0] == 503, timeout=10)
         assert json.loads(_get(port, "/health")[1]) == {"status": "draining"}
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -453,33 +460,18 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_as_json(tmp_path
         slow.join(300)
         assert slow.status == 200 and len(slow.body["scores"]) == 160  # accepted, so answered
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
-    assert "drained: no request in flight" in text and "Traceback" not in text, text
+    assert "drained: no request in flight" in (tmp_path / "serve.log").read_text()
 
 
 @pytest.mark.slow
 def test_a_request_past_the_grace_period_gets_a_json_503(tmp_path):
-    import signal
-
-    proc, port, log = _serve_default_model(tmp_path, "1")
-    try:
-        slow = SlowRequest(port, pairs=240)
-        slow.start()
-        wait_until(lambda: _in_flight(port) >= 2, timeout=30)
-        proc.send_signal(signal.SIGTERM)
+    with _sigterm_during_a_slow_request(tmp_path, "1", pairs=240) as (proc, port, slow):
         slow.join(300)
         assert slow.status == 503, slow.body
         assert slow.body["error_type"] == "unavailable"
         assert "shut down before this request was scored (grace period 1 s" in slow.body["error"]
         assert proc.wait(120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
-    assert "answered 503" in text and "Traceback" not in text, text
+    assert "answered 503" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_refuses_a_missing_model_and_bad_options(tmp_path, cli):

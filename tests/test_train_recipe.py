@@ -227,10 +227,18 @@ def test_selection_with_a_synonym_control_limit():
 @pytest.mark.parametrize("field, value", [("teacher_weight", 1.5), ("teacher_weight", -0.1),
                                           ("contradiction_cap", 2.0), ("teacher_pairs", -1),
                                           ("hard_contradiction_repeats", -1), ("stop_after_steps", 0),
-                                          ("stop_after_steps", "3"), ("stop_after_epochs", 0)])
+                                          ("stop_after_steps", "3"), ("stop_after_epochs", 0),
+                                          ("short_positive_target", 1.2), ("short_negative_target", 0.5),
+                                          ("short_negative_target", -1.5)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
+
+
+def test_a_negative_short_answer_target_is_a_margin():
+    """The loss sees the unclamped head output, so a target below 0 asks near misses to land well
+    under the 0.5 line; it is allowed down to -1."""
+    assert train.Recipe(short_negative_target=-0.2).short_negative_target == -0.2
 
 
 def test_hard_contradictions_are_repeated_with_their_targets():
