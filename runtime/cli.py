@@ -359,10 +359,6 @@ def _score_on_ray(args: argparse.Namespace) -> int:
 
     if args.input == "-":
         raise CliError("--ray reads files: give --input PATH (JSONL or .parquet), not stdin")
-    for name in ("actors", "cpus_per_actor", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     name = repr(args.input)
     try:
         with connect(args.ray, log_to_driver=args.output != "-"):

@@ -268,13 +268,14 @@ def test_cli_parquet_in_and_out(cluster, path, pairs, expected, tmp_path, capsys
     (["--input", "-"], "--ray reads files"),
     (["--input", "in.jsonl", "--output", "out.parquet"], "is Parquet but --input"),
     (["--input", "missing.jsonl"], "cannot open 'missing.jsonl'"),
-    (["--input", "in.jsonl", "--actors", "0"], "--actors must be >= 1"),
+    (["--input", "in.jsonl", "--actors", "0"], "argument --actors: must be an integer >= 1, got '0'"),
+    (["--input", "in.jsonl", "--cpus-per-actor", "-1"], "argument --cpus-per-actor: must be an integer >= 1"),
 ])
-def test_cli_usage_errors(cluster, path, tmp_path, monkeypatch, capsys, argv, needle):
+def test_cli_usage_errors(cluster, path, tmp_path, monkeypatch, cli, argv, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.jsonl").write_text(_jsonl([{"reference": "a", "response": "b"}]))
-    assert main(["score", "--ray", "auto", "--model", path, *argv]) == 2
-    assert needle in capsys.readouterr().err
+    code, _, err = cli(["score", "--ray", "auto", "--model", path, *argv])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
 
 
 def test_cli_ray_flags_need_ray(path, tmp_path, capsys):
