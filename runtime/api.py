@@ -165,7 +165,9 @@ class RewardModel:
         return self._scorer.run(references, list(responses), batch_size, output).tolist()
 
     def __reduce__(self):
-        return _reload, self._options
+        path, threads, max_length, truncation = self._options
+        # an absolute path, so the receiving process need not share this one's working directory
+        return _reload, (None if path is None else str(self.path.resolve()), threads, max_length, truncation)
 
     def __repr__(self) -> str:
         return f"RewardModel(path={str(self.path)!r}, precision={self.spec.precision!r})"

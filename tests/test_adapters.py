@@ -134,6 +134,13 @@ def test_trl_reward_pickles_and_keeps_its_name(model, tiny_int8):
     assert pickle.loads(pickle.dumps(model)).batch_score(CLEAN, REF) == model.batch_score(CLEAN, REF)
 
 
+def test_a_model_loaded_by_relative_path_unpickles_elsewhere(tiny_int8, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_int8[0].parent)
+    data = pickle.dumps(RewardModel(tiny_int8[0].name))
+    monkeypatch.chdir(tmp_path)
+    assert pickle.loads(data).path == tiny_int8[0].resolve()
+
+
 def _call_in_child(fn):
     return fn(prompts=["p"] * 4, completions=with_tokens(CLEAN), answer=[REF] * 4)
 
