@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from rewardrt.runtime.clibase import CliError, number, port, positive
