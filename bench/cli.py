@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rewardrt.bench.config import argparse_type, parse_threads
-from rewardrt.runtime.clibase import positive
+from rewardrt.bench.config import argparse_type, parse_rounds, parse_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench-results", help="results folder (default: %(default)s)")
     p.add_argument("--threads", type=argparse_type(parse_threads), default=(1, 2),
                    help="comma-separated thread counts to measure at (default: 1,2)")
-    p.add_argument("--rounds", type=positive, default=None,
+    p.add_argument("--rounds", type=argparse_type(parse_rounds), default=None,
                    help="alternating rounds per thread count (default: 1 quick, 4 full)")
     p.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                    help="pairs to calibrate the exports and build the workloads from: JSONL rows with "
