@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewardrt.bench.config import BenchPlan
-from rewardrt.bench.engines import ENGINES, HOST_INT8, EngineSpec
+from rewardrt.bench.engines import CT2, ENGINES, HOST_INT8, OPENVINO, EngineSpec, unavailable
 
 log = logging.getLogger(__name__)
 SEEDED_HEAD_SEED = 0
@@ -37,6 +37,7 @@ class Prepared:
     specs: dict[str, EngineSpec]
     model_files: dict[str, list[str]]            # engine -> files it loads
     exports: dict[str, dict] = field(default_factory=dict)  # what was exported or reused, and how
+    skipped: dict[str, str] = field(default_factory=dict)   # optional peer engine -> why it is not measured
 
 
 def _digest_file(path: Path) -> str:
@@ -115,28 +116,28 @@ def choose_checkpoint(explicit: Path | None, cache: Path, pairs: str | None) -> 
 
 
 def _default_int8_for(digest: str) -> Path | None:
-    """The packaged default INT8 artifact, if it was exported from this very checkpoint."""
-    from rewardrt.models import default_model_path
+    """The packaged default INT8 artifact ``RewardModel()`` selects on this CPU (the VNNI one where
+    the build carries it and the CPU has VNNI, else the portable one), if it was exported from this
+    very checkpoint."""
+    from rewardrt.runtime.api import select_default_model
     from rewardrt.runtime.spec import KEY_SPEC
 
-    path = default_model_path()
+    path = select_default_model()
     if not path.is_file():
         return None
-    import onnxruntime as ort
+    from rewardrt.runtime.session import make_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    meta = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) \
-        .get_modelmeta().custom_metadata_map
+    meta = make_session(path, threads=1).get_modelmeta().custom_metadata_map
     spec = json.loads(meta.get(KEY_SPEC, "{}"))
     return path if spec.get("checkpoint_digest") == digest else None
 
 
 def _export_rewardrt(ckpt: Path, out: Path, precision: str, plan: BenchPlan, pairs: str | None,
-                     activation_bits: int | str = "auto") -> dict:
-    from rewardrt.export.exporter import ExportConfig, export
+                     target: str = "auto") -> dict:
+    from rewardrt.export.config import ExportConfig
+    from rewardrt.export.exporter import export
 
-    cfg = ExportConfig(precision=precision, calibration=pairs, activation_bits=activation_bits,
+    cfg = ExportConfig(precision=precision, calibration=pairs, target=target,
                        validation_size=plan.export_validation, calibration_size=plan.export_calibration)
     report = export(ckpt, out, cfg)
     log.info("%s", report.describe())
@@ -187,13 +188,46 @@ def _plain_graphs(ckpt: Path, fp32: Path, int8: Path) -> dict:
     return info
 
 
+def _ct2_model(ckpt: Path, dst: Path) -> dict:
+    """CTranslate2's int8 conversion of the encoder, with the head as ``head.npz`` beside it."""
+    import time
+
+    import numpy as np
+
+    if (dst / "head.npz").is_file():
+        return {"cached": str(dst)}
+    import torch
+    from ctranslate2.converters import TransformersConverter
+
+    from rewardrt.export.checkpoint import locate
+
+    t0 = time.time()
+    tmp = dst.with_name(dst.name + ".tmp")
+    TransformersConverter(str(ckpt)).convert(str(tmp), quantization="int8", force=True)
+    files = locate(ckpt)
+    if files.head.suffix == ".pt":
+        head = torch.load(files.head, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        head = load_file(str(files.head))
+    weight = next(v for k, v in head.items() if k.endswith("weight"))
+    bias = next(v for k, v in head.items() if k.endswith("bias"))
+    np.savez(tmp / "head.npz", weight=weight.float().numpy(), bias=bias.float().numpy())
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return {"exported_s": round(time.time() - t0, 1)}
+
+
 def exporter_digest() -> str:
     """A digest of the ``rewardrt.export`` sources (with the quantization code they call)."""
     import rewardrt.export
 
     h = hashlib.sha256()
-    for path in sorted(Path(rewardrt.export.__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = Path(rewardrt.export.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:10]
 
 
@@ -210,11 +244,11 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None
     max_length = min(512, config["max_position_embeddings"])
     folder = cache / choice.digest[:16]
     folder.mkdir(exist_ok=True)
-    from rewardrt.export.exporter import auto_activation_bits
+    from rewardrt.export.config import default_bits, host_target
 
     code = exporter_digest()
     tag = f"cal{plan.export_calibration}-val{plan.export_validation or 'all'}-{code}"
-    host_bits = auto_activation_bits()
+    host_bits = default_bits(host_target())
     paths = {"ort-fp32": folder / "ort-fp32.onnx", "ort-int8": folder / "ort-int8.onnx",
              "rewardrt-fp32": folder / f"rewardrt-fp32-val{plan.export_validation or 'all'}-{code}.onnx",
              "rewardrt-int8": folder / f"rewardrt-int8-{tag}-a7.onnx",
@@ -241,7 +275,7 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None
         exports["rewardrt-int8"] = {"cached": str(paths["rewardrt-int8"])}
     else:
         exports["rewardrt-int8"] = _export_rewardrt(choice.path, paths["rewardrt-int8"], "int8", plan,
-                                                    pairs, activation_bits=7)
+                                                    pairs, target="avx2")
 
     tick("rewardrt INT8 export with this CPU's defaults")
     if paths[HOST_INT8].is_file():  # on a CPU without VNNI: the 7-bit export above
@@ -249,18 +283,31 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None
     else:
         exports[HOST_INT8] = _export_rewardrt(choice.path, paths[HOST_INT8], "int8", plan, pairs)
 
+    skipped = {name: why for name in (OPENVINO, CT2) if (why := unavailable(name))}
+    paths[OPENVINO] = paths["ort-fp32"]  # OpenVINO compiles the plain traced graph
+    if CT2 not in skipped:
+        tick("CTranslate2 conversion")
+        paths[CT2] = folder / "ct2-int8"
+        exports[CT2] = _ct2_model(choice.path, paths[CT2])
+
     specs: dict[str, EngineSpec] = {}
     model_files: dict[str, list[str]] = {}
     for engine in ENGINES:
+        if engine.name in skipped:
+            continue
         if engine.kind in ("torch", "torch-dynq"):
             specs[engine.name] = EngineSpec(engine.name, engine.kind, str(choice.path), max_length=max_length)
             model_files[engine.name] = [str(files.weights), str(files.head), str(files.config),
                                         str(files.tokenizer)]
-        elif engine.kind == "ort-plain":
+        elif engine.kind in ("ort-plain", "openvino"):
             specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]),
                                             tokenizer=str(files.tokenizer), max_length=max_length)
             model_files[engine.name] = [str(paths[engine.name]), str(files.tokenizer)]
+        elif engine.kind == "ctranslate2":
+            specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]),
+                                            tokenizer=str(files.tokenizer), max_length=max_length)
+            model_files[engine.name] = [str(p) for p in sorted(paths[engine.name].iterdir())] + [str(files.tokenizer)]
         else:
             specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]))
             model_files[engine.name] = [str(paths[engine.name])]
-    return Prepared(choice, specs, model_files, exports)
+    return Prepared(choice, specs, model_files, exports, skipped)

@@ -124,7 +124,7 @@ def _ratio(a: float, b: float) -> float:
 def crosscheck(checkpoint: Path, artifact: Path, pairs_file: str | None, threads: tuple[int, ...], rounds: int,
                rl_steps: int = 2, fidelity_pairs: int | None = None, progress=print) -> dict:
     """Run the side-by-side; returns the summary (also what ``--out`` writes)."""
-    from rewardrt.export.exporter import FidelityBudget
+    from rewardrt.export.config import FidelityBudget
     from rewardrt.runtime.metrics import fidelity
 
     sets = _sets(checkpoint, pairs_file, rl_steps, fidelity_pairs)

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     res["call_overhead"] = [call_overhead(args.model, [r["a"] for r in rows], [r["b"] for r in rows], t)
                             for t in threads]
     if args.peak:
-        from rewardrt.bench.int8peak import measure
+        from rewardrt.bench.probes.int8peak import measure
 
         res["int8_peak"] = measure(threads, calls=8)
         res["int8_efficiency"] = results.int8_efficiency(profiles, res["int8_peak"], 32)

@@ -224,7 +224,7 @@ def profile_section(results: dict) -> list[str]:
         shp = peak["shape"]
         lines += ["## INT8 throughput against the machine's peak", "",
                   f"Peak: one uint8 × int8 GEMM [{shp['m']}×{shp['k']}]·[{shp['k']}×{shp['n']}] in onnxruntime "
-                  "(bench/int8peak.py), 2·M·K·N per call, best of the timed calls (median in brackets). "
+                  "(bench/probes/int8peak.py), 2·M·K·N per call, best of the timed calls (median in brackets). "
                   "Integer GEMMs: the artifact's `token`-scheme MatMuls (MatMulIntegerToFloat), their "
                   "2·M·K·N over their own kernel time at batch 32. Encoder effective: 2·M·K·N of every "
                   "dense-layer GEMM, whatever its scheme (attention's own products not counted), over "

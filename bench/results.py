@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rewardrt.bench.engines import ENGINES, REFERENCE
-from rewardrt.runtime.evaluate import NOTICED_DROP
+from rewardrt.models.evaluate import NOTICED_DROP
 from rewardrt.runtime.metrics import fidelity
 
 

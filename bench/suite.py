@@ -59,8 +59,9 @@ def _artifact_facts(path: str) -> dict:
     from rewardrt.runtime import RewardModel
 
     spec = RewardModel(path, threads=1).spec
-    return {"precision": spec.precision, "plan_counts": spec.quantization.get("plan_counts"),
-            "export_fidelity": {k: spec.fidelity.get(k) for k in ("n", "mean_abs_diff", "max_abs_diff", "spearman")}}
+    return {"precision": spec.precision, "plan_counts": dict(spec.quantization.plan_counts) if spec.quantization else None,
+            "export_fidelity": {k: getattr(spec.fidelity, k, None)
+                                for k in ("n", "mean_abs_diff", "max_abs_diff", "spearman")}}
 
 
 def _plain_json(value):

@@ -127,7 +127,7 @@ class Server:
                                 batch_calls=int(req["batch_calls"]))
 
     def op_int8_peak(self, req: dict) -> dict:
-        from rewardrt.bench.int8peak import measure
+        from rewardrt.bench.probes.int8peak import measure
 
         return measure(tuple(req["threads"]), calls=int(req["calls"]))
 

@@ -166,7 +166,7 @@ def build(rows: Sequence[dict], counter: TokenCounter, plan: BenchPlan, seed: in
     w.info["fidelity"] = {"pairs": len(fid)}
 
     # one-word swaps: the pairs (s, s) then (s, edit(s)), per probe
-    from rewardrt.runtime.evaluate import swap_probes
+    from rewardrt.models.evaluate import swap_probes
 
     probes = swap_probes(rows, per_rule=plan.swap_per_rule)
     originals = [a for pairs in probes.values() for a, _ in pairs]

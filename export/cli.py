@@ -1,4 +1,4 @@
-"""``rewardrt export CHECKPOINT_DIR -o OUT.onnx --precision {fp32,int8}``"""
+"""``rewardrt export CHECKPOINT_DIR -o OUT.onnx --precision {fp32,int8} --target {avx512-vnni,avx2,auto}``"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from rewardrt.export.errors import ExportError, FidelityError
 from rewardrt.runtime.clibase import integer, number, positive
+from rewardrt.runtime.spec import TARGET_BITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agreement-margin", type=number(highest=1, above=0), default=None,
                    help="fraction of the agreement@0.5 slack the plan search may use (default: the "
                         "search margin, 0.5); a larger calibration set allows a larger fraction")
+    p.add_argument("--target", choices=[*TARGET_BITS, "auto"], default="auto",
+                   help="INT8: the CPUs the artifact is verified for. avx512-vnni (AVX512_VNNI or AVX_VNNI "
+                        "sums uint8 x int8 products in int32): 8-bit activation codes, twice as fine as 7 "
+                        "(more MatMuls fit the budget, so faster), and MatMulNBits weights where they fit; "
+                        "the artifact warns when it loads on a CPU without VNNI. avx2 (VPMADDUBSW adds "
+                        "pairs of products in saturating int16): 7-bit codes and dequant weights, exact "
+                        "and fast on every x86 CPU; use it for an artifact that travels to unknown CPUs. "
+                        "auto (default): this CPU's")
     p.add_argument("--activation-bits", choices=["auto", "7", "8"], default="auto",
-                   help="integer-GEMM activation codes: 7 are exact on every x86 CPU; 8 are twice as "
-                        "fine (more MatMuls fit the budget, so faster) but saturate on CPUs without "
-                        "VNNI (AVX2 only), where the artifact then warns at load; auto (default): 8 "
-                        "if this CPU has VNNI, else 7. Use 7 for an artifact that travels to unknown CPUs")
+                   help="integer-GEMM activation-code width, when it must differ from the target's "
+                        "(avx512-vnni: 8, also allows 7; avx2: 7 only); with --target auto, 7 implies "
+                        "avx2 and 8 avx512-vnni. auto (default): the target's")
     p.add_argument("--integer-schemes", default="token",
                    help="comma-separated integer-GEMM schemes the plan search tries, in order: token, "
                         "token2 (default: token; 'none' for none)")
@@ -47,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8-weight scheme of the other MatMuls: dequant (fp32 compute on weights "
                         "expanded at load: fp32 speed on every CPU) or block (MatMulNBits: less memory, "
                         "faster than fp32 on VNNI CPUs, ~2.5x slower on AVX2-only ones); auto (default): "
-                        "search from dequant, then, if the artifact has 8-bit activation codes (VNNI), "
+                        "search from dequant, then, for the avx512-vnni target, "
                         "move as many of those MatMuls to block as keep the plan inside the search target")
     p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
                    help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "
@@ -90,16 +98,18 @@ def _schemes(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardrt.export.exporter import ExportConfig, export
+    from rewardrt.export.config import ExportConfig, check_target_bits
+    from rewardrt.export.exporter import export
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("rewardrt").setLevel(logging.INFO)
-    bits = args.activation_bits if args.activation_bits == "auto" else int(args.activation_bits)
+    bits = None if args.activation_bits == "auto" else int(args.activation_bits)
     try:
+        check_target_bits(args.target, bits, names=("--target", "--activation-bits"))
         cfg = ExportConfig(precision=args.precision, max_length=args.max_length, calibration=args.calibration,
                            validation_size=args.validation_size, calibration_size=args.calibration_size,
                            agreement_margin=args.agreement_margin, threads=args.threads,
-                           activation_bits=bits, weight_only=args.weight_only,
+                           target=args.target, activation_bits=bits, weight_only=args.weight_only,
                            integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries,
                            one_sided_gelu=args.one_sided_gelu,
                            start_from=None if args.start_plan == "none" else args.start_plan)

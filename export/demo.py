@@ -123,7 +123,8 @@ def latency_line(checkpoint: Path, artifact: Path, calls: int = 30) -> str:
 
 
 def main() -> int:
-    from rewardrt.export.exporter import ExportConfig, export
+    from rewardrt.export.config import ExportConfig
+    from rewardrt.export.exporter import export
     from rewardrt.models import default_model_path
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -137,7 +138,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / "model.int8.onnx"
     print(f"2) export {what}\n   {ckpt} -> {out} (INT8, plan search + fidelity gate)")
-    # what `rewardrt export --precision int8` does on this CPU (activation bits auto)
+    # what `rewardrt export --precision int8` does on this CPU (target auto)
     report = export(ckpt, out, ExportConfig(precision="int8"))
     print(report.describe())
     print("3) the fresh artifact, torch-free:")

@@ -120,7 +120,7 @@ def _remembered(fn):
 
 def _scorers(args: argparse.Namespace, model) -> dict:
     """The columns: (references, responses) -> scores, each call scored once."""
-    from rewardrt.runtime.evaluate import word_f1_scorer
+    from rewardrt.models.evaluate import word_f1_scorer
 
     columns: dict = {}
     if not args.no_baselines:
@@ -145,7 +145,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from rewardrt.models import shortanswers
     from rewardrt.runtime.api import RewardModel
-    from rewardrt.runtime.evaluate import evaluate, format_table, read_labelled, spread_table, swap_probes
+    from rewardrt.models.evaluate import evaluate, format_table, read_labelled, spread_table, swap_probes
 
     if args.data is not None and not Path(args.data).is_file():
         raise CliError(f"data {args.data!r} is not a file")

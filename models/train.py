@@ -28,13 +28,13 @@ from rewardrt.models import shortanswers
 
 from rewardrt.export.reference import RewardNet, encode_pairs, make_head
 from rewardrt.models.base import base_model_dir, unpinned, write_checkpoint
-from rewardrt.runtime.edits import EDITS, WORD
-from rewardrt.runtime.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
+from rewardrt.models.edits import EDITS, WORD
+from rewardrt.models.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
 
-# the edit rules that draw their changes from a word list (runtime/edits.py)
+# the edit rules that draw their changes from a word list (models/edits.py)
 WORD_LIST_RULES = ("antonym", "entity", "synonym")
 DATA_ENV = "REWARDRT_DATA"
 DATA_FORMAT = ("JSONL rows with string fields 'a' (reference), 'b' (response), 'source' and a number "

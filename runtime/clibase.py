@@ -6,6 +6,7 @@ same way."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 
@@ -75,3 +76,27 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+def load_model(path: str | None, threads: int | None = None):
+    """The RewardModel at ``path`` (None: the embedded default), a missing or bad artifact as CliError."""
+    from rewardrt.runtime.api import RewardModel
+    from rewardrt.runtime.spec import ArtifactError
+
+    try:
+        return RewardModel(path, threads=threads)
+    except (FileNotFoundError, ArtifactError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--threads``, as every scoring verb takes them."""
+    p.add_argument("--model", default=None, help="a .onnx artifact (default: the embedded model)")
+    p.add_argument("--threads", type=positive, default=None, help="intra-op threads (default: all cores)")
+
+
+def report_skipped(errors: list[str], shown: int = 20) -> None:
+    """The malformed input lines an ``--on-error skip`` run left out, on stderr (the first ``shown``)."""
+    if errors:
+        more = [f"... and {len(errors) - shown} more"] if len(errors) > shown else []
+        print(f"skipped {len(errors)} malformed lines:", *errors[:shown], *more, sep="\n  ", file=sys.stderr)

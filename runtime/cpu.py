@@ -14,6 +14,10 @@ import logging
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rewardrt.runtime.spec import QuantizationRecord
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +29,14 @@ _warned: set[str] = set()
 
 def _numpy_features() -> dict[str, bool]:
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features  # numpy >= 2
+        from numpy._core._multiarray_umath import (
+            __cpu_features__ as features,  # numpy >= 2
+        )
     except ImportError:
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
+            from numpy.core._multiarray_umath import (
+                __cpu_features__ as features,  # numpy 1.x
+            )
         except ImportError:
             return {}
     return {ours: bool(features.get(theirs, False)) for theirs, ours in _NUMPY_FLAGS.items()}
@@ -82,42 +90,33 @@ def integer_gemm_may_saturate(features: dict | None = None) -> bool:
 INTEGER_GEMM_SCHEMES = ("token", "token2")  # plan schemes that run uint8 x int8 GEMMs (export uses this too)
 
 
-def integer_gemm_count(quantization: dict) -> int:
-    """MatMuls of the integer-GEMM schemes (``token``, ``token2``) in an artifact, from its spec's
-    ``quantization`` entry."""
-    counts = quantization.get("plan_counts")
-    if isinstance(counts, dict):
-        return sum(int(counts.get(s, 0)) for s in INTEGER_GEMM_SCHEMES)
-    plan = quantization.get("plan")
-    return sum(1 for s in plan.values() if s in INTEGER_GEMM_SCHEMES) if isinstance(plan, dict) else 0
-
-
-def saturation_safe(quantization: dict) -> bool:
+def saturation_safe(quantization: QuantizationRecord) -> bool:
     """True when the artifact's integer GEMMs take 7-bit activation codes (uint8 <= 127): their pairs
     of products stay within int16 (127 x 127 x 2 = 32,258), so sums are exact on every x86 CPU.
-    Artifacts from before the ``activation_bits`` entry used 8-bit codes."""
-    return int(quantization.get("activation_bits", 8)) <= 7
+    (A record from before the ``activation_bits`` entry reads as 8-bit codes, which it used.)"""
+    return quantization.activation_bits <= 7
 
 
-def check_integer_gemm(quantization: dict, source: str, features: dict | None = None) -> bool:
+def check_integer_gemm(quantization: QuantizationRecord | None, source: str, features: dict | None = None) -> bool:
     """Warn once per artifact when it has integer-GEMM MatMuls with 8-bit activation codes and this
     CPU lacks VNNI (7-bit codes are exact there too).
 
-    ``quantization``: the artifact spec's entry of that name. Returns True when it warned."""
-    quantization = quantization or {}
-    token = integer_gemm_count(quantization)
+    ``quantization``: the artifact spec's record of that name (None for fp32). Returns True when it warned."""
+    if quantization is None:
+        return False
+    token = quantization.integer_gemms
     if (token == 0 or saturation_safe(quantization) or not integer_gemm_may_saturate(features)
             or source in _warned):
         return False
     _warned.add(source)
     f = cpu_features() if features is None else features
     log.warning(
-        "%s runs %d MatMuls as uint8 x int8 integer GEMMs, and this CPU (%s) has no VNNI: "
-        "onnxruntime's kernels here add products in saturating 16-bit sums, so scores may differ "
-        "from the verified ones (by a lot for inputs with large activations). Run on a CPU with "
-        "AVX512_VNNI or AVX_VNNI; or re-export the checkpoint with 7-bit activation codes "
-        "(`rewardrt export --activation-bits 7`: exact on every x86 CPU; the default picks 8 "
-        "only when the exporting CPU has VNNI), or with "
+        "%s runs %d MatMuls as uint8 x int8 integer GEMMs with 8-bit activation codes (export "
+        "target %s), and this CPU (%s) has no VNNI: onnxruntime's kernels here add products in "
+        "saturating 16-bit sums, so scores may differ from the verified ones (by a lot for inputs "
+        "with large activations). Run on a CPU with AVX512_VNNI or AVX_VNNI; or re-export the "
+        "checkpoint for this CPU (`rewardrt export --target avx2`, or --activation-bits 7: 7-bit "
+        "codes, exact on every x86 CPU; the default target follows the exporting CPU), or with "
         "--precision fp32.",
-        source, token, f["int8_dot_product"])
+        source, token, quantization.target, f["int8_dot_product"])
     return True

@@ -18,20 +18,17 @@ error); newer = refused with "upgrade rewardrt".
 from __future__ import annotations
 
 import hashlib
-import logging
 import mmap
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewardrt.runtime.spec import FORMAT_VERSION, KEY_FORMAT, ArtifactError
+from rewardrt.runtime.spec import FORMAT_VERSION, KEY_FORMAT, ArtifactError, format_message
 
-log = logging.getLogger(__name__)
 
 KEY_SHA256 = "rewardrt.sha256"
 PLACEHOLDER = b"0" * 64
-UNSEALED_FORMAT = 1  # artifacts written before the digest existed
 _METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto)
 _HEX = frozenset(b"0123456789abcdef")
 
@@ -132,8 +129,7 @@ def _entry_bytes(key: str, value: bytes) -> bytes:
 def seal_bytes(data: bytes) -> bytes:
     """``data`` (a serialized rewardrt ModelProto) with format version 2 and its digest.
 
-    Re-sealing an already sealed file recomputes the digest; a format 1 file is upgraded to 2 in
-    place (the version's value "1" becomes "2", same length)."""
+    Re-sealing an already sealed file recomputes the digest (the same bytes come back)."""
     try:
         entries = _metadata(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -143,9 +139,7 @@ def seal_bytes(data: bytes) -> bytes:
         raise ArtifactError(f"cannot seal: expected one {KEY_FORMAT} entry, found {len(versions)}")
     out = bytearray(data)
     version = versions[0]
-    if version.value == str(UNSEALED_FORMAT).encode():
-        out[version.value_start:version.value_start + 1] = str(FORMAT_VERSION).encode()
-    elif version.value != str(FORMAT_VERSION).encode():
+    if version.value != str(FORMAT_VERSION).encode():
         raise ArtifactError(f"cannot seal format {version.value.decode(errors='replace')!r}; "
                             f"this rewardrt writes format {FORMAT_VERSION}")
     sealed = [e for e in entries if e.key == KEY_SHA256]
@@ -195,7 +189,7 @@ def fsync_dir(folder: Path) -> None:
 def seal(path: str | Path) -> str:
     """Seal an existing artifact in place (atomic rewrite); returns the digest.
 
-    Use it on an artifact written before digests existed (format 1); new exports are sealed."""
+    Exports are sealed as they are written; sealing again is a no-op. Format 1 files are refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
@@ -213,7 +207,7 @@ def check_artifact(path: str | Path) -> int:
 
     Raises ArtifactError naming the file when it is empty, truncated or not an ONNX protobuf, has
     no rewardrt metadata, is from a newer format, or is sealed and its digest does not match (any
-    changed byte). A format 1 (unsealed) artifact loads with a warning."""
+    changed byte), or is format 1 (unsealed, from before 0.1.0's release: re-export it)."""
     name = str(path)
     try:
         with open(path, "rb") as f:
@@ -241,20 +235,12 @@ def _check(data: mmap.mmap, name: str) -> int:
     if len(versions) > 1 or not raw.isdigit():
         raise ArtifactError(f"{name!r} has an unreadable format version {raw!r}")
     version = int(raw)
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{name!r} was written by a newer rewardrt (artifact format {version}; this rewardrt "
-            f"reads formats up to {FORMAT_VERSION}); upgrade rewardrt"
-        )
+    if version != FORMAT_VERSION:
+        raise ArtifactError(format_message(name, version))
     sealed = [e for e in entries if e.key == KEY_SHA256]
     if not sealed:
-        if version >= 2:
-            raise ArtifactError(f"{name!r} says artifact format {version} but carries no "
-                                f"{KEY_SHA256} digest; the file was altered, re-export it")
-        log.warning("%r is an unsealed artifact (format %d, no content digest): corruption cannot be "
-                    "detected before loading; seal it with rewardrt.runtime.integrity.seal(path)",
-                    name, version)
-        return version
+        raise ArtifactError(f"{name!r} says artifact format {version} but carries no "
+                            f"{KEY_SHA256} digest; the file was altered, re-export it")
     if len(sealed) > 1:
         raise ArtifactError(f"{name!r} carries {len(sealed)} {KEY_SHA256} entries; re-export it")
     recorded = sealed[0].value

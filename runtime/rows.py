@@ -1,10 +1,13 @@
-"""Reading JSONL rows of text pairs, each checked, every error naming the file, line and field."""
+"""JSONL rows of text pairs, each checked: whole files (training, eval and calibration data; every error
+names the file, line and field) and single lines of scoring input (``rewardrt score``/``rank``, Ray)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from rewardrt.runtime.api import check_text
 
 
 def read_rows(path: str | Path, fields: Sequence[str], non_empty: Sequence[str] = (),
@@ -41,3 +44,48 @@ def read_rows(path: str | Path, fields: Sequence[str], non_empty: Sequence[str] 
     if not rows:
         raise error(f"{path} holds no pairs")
     return rows
+
+
+def parse_line(raw: bytes | str, check: Callable[[dict], None]) -> dict:
+    """One JSONL line as an object that passes ``check``; ValueError saying why not otherwise
+    (``rewardrt score``/``rank`` and ``score --ray`` alike, so every path refuses the same lines the same way)."""
+    try:
+        row = json.loads(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    try:
+        check(row)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return row
+
+
+def parse_pair(raw: bytes | str) -> dict:
+    """A ``rewardrt score`` input line: an object with string ``reference`` and ``response``."""
+    return parse_line(raw, check_pair)
+
+
+def need_str(row: dict, key: str) -> None:
+    if key not in row:
+        raise ValueError(f"missing field {key!r}")
+    if not isinstance(row[key], str):
+        raise TypeError(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    check_text(f"field {key!r}", row[key])  # a JSON "\\ud800" escape decodes to a lone surrogate
+
+
+def check_pair(row: dict) -> None:
+    need_str(row, "reference")
+    need_str(row, "response")
+
+
+def check_list(row: dict) -> None:
+    need_str(row, "reference")
+    values = row.get("responses")
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError("field 'responses' must be a list of strings")
+    for i, value in enumerate(values):
+        check_text(f"field 'responses'[{i}]", value)

@@ -44,11 +44,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def _export(checkpoint: Path, out: Path, precision: str):
-    from rewardrt.export.exporter import ExportConfig, export
+    from rewardrt.export.config import ExportConfig
+    from rewardrt.export.exporter import export
 
-    # 7-bit codes (exact on every x86 CPU): the fixtures behave the same on VNNI and AVX2 hosts
-    cfg = ExportConfig(precision=precision, validation_size=300,
-                       calibration_size=64, activation_bits=7)
+    # the AVX2 target (7-bit codes, exact on every x86 CPU): the fixtures behave the same on VNNI and AVX2 hosts
+    cfg = ExportConfig.avx2(precision=precision, validation_size=300, calibration_size=64)
     return export(checkpoint, out, cfg)
 
 

@@ -11,11 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from rewardrt.runtime import adapters
-from rewardrt.runtime.adapters import (CHAT_TOKENS, TRLReward, compute_score, compute_score_batch,
-                                       compute_score_batch_float, compute_score_float, completion_text,
-                                       parse_strip_tokens, reward_func, set_default_model,
-                                       strip_chat_tokens, strip_prompt, trl_reward_fn)
+from rewardrt.runtime.chat import CHAT_TOKENS, parse_strip_tokens, strip_chat_tokens, strip_prompt
+from rewardrt.runtime.integrations import rl as adapters
+from rewardrt.runtime.integrations.rl import (TRLReward, compute_score, compute_score_batch, compute_score_batch_float,
+                                              compute_score_float, completion_text, reward_func, set_default_model,
+                                              trl_reward_fn)
 from rewardrt.runtime.api import RewardModel
 
 REF = "The capital of France is Paris."
@@ -277,7 +277,7 @@ def test_adapters_and_serve_config_import_without_frameworks():
                 if name.split(".")[0] in BLOCKED:
                     raise ImportError(f"blocked {name}")
         sys.meta_path.insert(0, Block())
-        import rewardrt.runtime.adapters
+        import rewardrt.runtime.integrations.rl
         from rewardrt.runtime.serve import ServeConfig
         ServeConfig()
         print("ok")

@@ -68,12 +68,12 @@ def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint):
     assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8", HOST_INT8}
     assert all(set(v) == {"cached"} for v in prepared.exports.values()), prepared.exports
     # the portable artifact has 7-bit codes; the one exported with this CPU's defaults follows the CPU
-    from rewardrt.export.exporter import auto_activation_bits
+    from rewardrt.export.config import default_bits, host_target
     from rewardrt.runtime import RewardModel
 
-    bits = {e: RewardModel(prepared.specs[e].model).spec.quantization["activation_bits"]
+    bits = {e: RewardModel(prepared.specs[e].model).spec.quantization.activation_bits
             for e in ("rewardrt-int8", HOST_INT8)}
-    assert bits == {"rewardrt-int8": 7, HOST_INT8: auto_activation_bits()}
+    assert bits == {"rewardrt-int8": 7, HOST_INT8: default_bits(host_target())}
 
 
 def test_workloads_have_exact_lengths_and_whole_groups(tiny_checkpoint):
@@ -123,7 +123,7 @@ def test_bad_paths_name_the_argument(tmp_path, capsys):
         BenchConfig.from_args(argparse.Namespace(quick=True, pairs=str(tmp_path / "nowhere")))
 
 
-def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(quick_run, tmp_path):
+def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(quick_run):
     res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
     prof = res["profile"]
     assert prof["engine"] == HOST_INT8 and set(prof["by_threads"]) == {"1", "2"}
@@ -149,20 +149,45 @@ def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(qu
     assert "MatMulIntegerToFloat" in section and "other op types" in section
     assert "## INT8 throughput against the machine's peak" in md
 
+
+def test_readme_blocks_are_the_runs_tables(quick_run, tmp_path):
+    """bench/readme.py: README.md gets the ratios table, bench/README.md every headline table and the
+    plot, each between its markers and stamped with the run's commit; the rest of each file is kept."""
+    from rewardrt.bench.readme import END, START
     from rewardrt.bench.readme import main as readme_main
 
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- bench:start -->\nSTALE\n<!-- bench:end -->\ntail\n", encoding="utf-8")
-    import os
+    res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
+    md = (quick_run / "results.md").read_text(encoding="utf-8")
+    front, room = tmp_path / "README.md", tmp_path / "bench" / "README.md"
+    room.parent.mkdir()
+    prose = f"The block between `{START}` and `{END}` is generated.\n"  # named in prose: not a marker
+    for path in (front, room):
+        path.write_text(f"# x\n{prose}{START}\nSTALE\n{END}\ntail\n", encoding="utf-8")
+    assert readme_main([str(quick_run), "--readme", str(front), "--bench-readme", str(room)]) == 0
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path)  # the README figure is copied relative to the working directory
-    try:
-        assert readme_main([str(quick_run), "--readme", str(readme)]) == 0
-    finally:
-        os.chdir(cwd)
-    text = readme.read_text(encoding="utf-8")
-    assert "### Where the time goes (rewardrt INT8)" in text and "STALE" not in text and text.endswith("tail\n")
+    ratios = next(line for line in md.split("## Ratios to the PyTorch reference", 1)[1].splitlines()
+                  if line.startswith("| rewardrt INT8 |"))
+    for path in (front, room):
+        text = path.read_text(encoding="utf-8")
+        assert "STALE" not in text and text.startswith(f"# x\n{prose}") and text.endswith("tail\n")
+        assert ratios in text and res["conditions"]["git"]["commit"][:12] in text
+    front_text, room_text = front.read_text(encoding="utf-8"), room.read_text(encoding="utf-8")
+    assert "Fidelity against the reference" not in front_text and "### Where the time goes" not in front_text
+    assert "### Where the time goes (rewardrt INT8)" in room_text and "Fidelity against the reference" in room_text
+    assert "](figures/latency.png)" in room_text
+    assert (room.parent / "figures" / "latency.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_readme_refuses_a_file_without_markers(quick_run, tmp_path, capsys):
+    from rewardrt.bench.readme import main as readme_main
+
+    front, room = tmp_path / "README.md", tmp_path / "ROOM.md"
+    front.write_text("# no markers\n", encoding="utf-8")
+    room.write_text("<!-- bench:start -->\n<!-- bench:end -->\n", encoding="utf-8")
+    assert readme_main([str(quick_run), "--readme", str(front), "--bench-readme", str(room)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(front) in err and "lacks the <!-- bench:start -->" in err
+    assert room.read_text(encoding="utf-8") == "<!-- bench:start -->\n<!-- bench:end -->\n"  # nothing written
 
 
 def test_profile_breakdown_of_a_synthetic_trace():
@@ -190,6 +215,6 @@ def test_full_bench_exports_with_the_cli_default_calibration():
     """"exported here" must be the plan `rewardrt export --precision int8` gives, so the full bench
     calibrates on as many pairs as the exporter's default."""
     from rewardrt.bench.config import FULL
-    from rewardrt.export.exporter import ExportConfig
+    from rewardrt.export.config import ExportConfig
 
     assert FULL.export_calibration == ExportConfig.__dataclass_fields__["calibration_size"].default

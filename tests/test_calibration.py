@@ -83,7 +83,8 @@ def test_export_cli_refuses_a_bad_calibration_file_and_writes_nothing(tiny_check
 
 
 def test_export_calibrates_and_gates_on_a_users_file(tiny_checkpoint, tmp_path):
-    from rewardrt.export.exporter import ExportConfig, export
+    from rewardrt.export.config import ExportConfig
+    from rewardrt.export.exporter import export
     from rewardrt.runtime import RewardModel
 
     ps = load_pair_set()

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error
 
 from rewardrt.cli import main
-from rewardrt.runtime import cli as runtime_cli
+from rewardrt.runtime.cli import jsonl as cli_jsonl
 from rewardrt.runtime.api import RewardModel
 
 REF = "The capital of France is Paris."
@@ -157,7 +157,7 @@ def test_on_error_skip_reports_every_line(path, monkeypatch, capsys):
 
 def test_streaming_writes_before_reading_everything(path, model, monkeypatch, tmp_path):
     """Constant memory: output is flushed chunk by chunk while input is still being read."""
-    monkeypatch.setattr(runtime_cli, "CHUNK", 2)
+    monkeypatch.setattr(cli_jsonl, "CHUNK", 2)
     dst = tmp_path / "out.jsonl"
     seen: list[int] = []
 

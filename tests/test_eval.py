@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from rewardrt.runtime import edits
-from rewardrt.runtime.evaluate import evaluate, format_table, swap_probes, word_f1, word_f1_scorer
+from rewardrt.models import edits
+from rewardrt.models.evaluate import evaluate, format_table, swap_probes, word_f1, word_f1_scorer
 from rewardrt.runtime.metrics import fidelity, roc_auc, spearman
 
 
@@ -88,7 +88,7 @@ def test_evaluate_table_on_word_f1():
 
 
 def test_spread_table_shares_sum_to_all_pairs():
-    from rewardrt.runtime.evaluate import spread_table
+    from rewardrt.models.evaluate import spread_table
 
     text = spread_table([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.0])
     shares = [float(line.split("|")[2].strip().rstrip("%")) for line in text.splitlines() if line.startswith("| ") and "%" in line]
@@ -105,7 +105,7 @@ def test_spread_table_shares_sum_to_all_pairs():
     ('"just text"', r"bad.jsonl:2: expected a JSON object"),
 ])
 def test_bad_eval_rows_name_file_line_and_field(tmp_path, line, match):
-    from rewardrt.runtime.evaluate import read_labelled
+    from rewardrt.models.evaluate import read_labelled
 
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": "x", "b": "y", "source": "s"}\n' + line + "\n")

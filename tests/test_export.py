@@ -11,8 +11,9 @@ import onnx
 import pytest
 import torch
 
+from rewardrt.export.config import ExportConfig, FidelityBudget, default_bits, host_target
 from rewardrt.export.errors import CheckpointError, FidelityError
-from rewardrt.export.exporter import ExportConfig, FidelityBudget, export
+from rewardrt.export.exporter import export
 from rewardrt.runtime import RewardModel
 from rewardrt.runtime.spec import KEY_SPEC, KEY_TOKENIZER
 
@@ -50,12 +51,12 @@ def test_one_graph_with_fused_ops_and_two_outputs(tiny_fp32):
     assert report.fused_ops["SkipLayerNormalization"] == 4 and report.layer_norms_expanded == 4
     assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 0 and ops["ReduceMean"] == 8
     assert report.fused_ops["Attention"] == 2
-    # ... and onnxruntime does not fuse them back when it loads the graph
-    import onnxruntime as ort
+    # ... and onnxruntime does not fuse them back when the runtime loads the graph
+    from rewardrt.runtime.session import make_session, session_options
 
-    opts = ort.SessionOptions()
+    opts = session_options(threads=1)
     opts.optimized_model_filepath = str(path.parent / "loaded-view.onnx")
-    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    make_session(path, options=opts)
     loaded = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
     (path.parent / "loaded-view.onnx").unlink()
     assert loaded["SkipLayerNormalization"] == 0 and loaded["LayerNormalization"] == 0
@@ -85,9 +86,8 @@ def _layer_norm_graph(opset: int):
 
 @pytest.mark.parametrize("opset", [17, 18])
 def test_expanded_layer_norms_match_the_fused_kernels(opset):
-    import onnxruntime as ort
-
     from rewardrt.export.graph import expand_layer_norms
+    from rewardrt.runtime.session import make_session
 
     fused = _layer_norm_graph(opset)
     plain = onnx.ModelProto.FromString(fused.SerializeToString())
@@ -99,13 +99,12 @@ def test_expanded_layer_norms_match_the_fused_kernels(opset):
             "skip": rng.standard_normal((3, 7, 24)).astype(np.float32)}
 
     def run(m):
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        return make_session(m.SerializeToString(), threads=1).run(None, feed)[0]
 
     want, got = run(fused), run(plain)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     # the rows are independent: one row alone gives the same values
-    alone = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {k: v[1:2] for k, v in feed.items()})[0]
+    alone = make_session(plain.SerializeToString(), threads=1).run(None, {k: v[1:2] for k, v in feed.items()})[0]
     assert np.array_equal(alone[0], got[1])
 
 
@@ -129,12 +128,12 @@ def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs
     _check_plan_in_graph(path, report)
     assert set(report.plan) <= {"token", "dequant", "block", "fp32"}  # the default schemes
     # weight_only="auto": as much of what the search leaves on dequant as fits moves to block, and
-    # only for 8-bit codes (a VNNI-targeted artifact); the spec says how many of how many
+    # only for a VNNI-targeted artifact; the spec says how many of how many
     spec = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[KEY_SPEC])
     leftovers = spec["quantization"]["leftovers_to_block"]
     moved, of = (int(x) for x in leftovers.split()[1::2]) if leftovers.startswith("moved") else (0, 0)
     assert report.plan.get("block", 0) == moved and report.plan.get("dequant", 0) == of - moved
-    assert leftovers == "not tried" or spec["quantization"]["activation_bits"] == 8
+    assert leftovers == "not tried" or spec["quantization"]["target"] == "avx512-vnni"
     assert report.plan.get("token", 0) + report.plan.get("dequant", 0) + report.plan.get("block", 0) >= 1
     inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
     assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
@@ -230,8 +229,6 @@ def test_config_validation():
 
 
 def test_search_target_takes_its_own_agreement_fraction():
-    from rewardrt.export.exporter import FidelityBudget
-
     b = FidelityBudget()
     same = b.scaled(0.5)
     wider = b.scaled(0.5, 0.8)
@@ -241,33 +238,23 @@ def test_search_target_takes_its_own_agreement_fraction():
     assert 1 - wider.min_agreement == pytest.approx((1 - b.min_agreement) * 0.8)
 
 
-def test_both_activation_chains_give_identical_codes():
-    """The one-op QuantizeLinear chain must reproduce the elementwise chain's uint8 codes bit for bit
-    (round half to even, zero rows, tiny rows), hence identical MatMul outputs."""
-    from rewardrt.bench.quantchain import activation, codes_match
-
-    for k, n in ((32, 48), (384, 64)):
-        check = codes_match(k, n, activation(2, 9, k))
-        assert check["codes_identical"], check
-        assert check["output_max_abs_diff"] == 0.0, check
-
-
 def test_int8_artifact_quantizes_each_activation_with_one_quantizelinear(tiny_int8):
     path, report = tiny_int8
     model = onnx.load(str(path))
     ops = _ops(path)
     spec = json.loads({p.key: p.value for p in model.metadata_props}[KEY_SPEC])
     assert spec["quantization"]["activation_chain"] == "qlinear"
-    assert spec["quantization"]["activation_bits"] == 7
+    assert spec["quantization"]["activation_bits"] == 7 and spec["quantization"]["target"] == "avx2"
     codes = {n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"}
     residual = {c for c in codes if c.endswith(".rq")}
     # per quantized activation: one blocked QuantizeLinear for the codes (a block per row, no
-    # reshapes), one for the zero points unless the codes are one-sided (zero point 0), and one
-    # more for the residual codes of the token2 scheme
+    # reshapes), and one more for the residual codes of the token2 scheme; the zero points (sized
+    # like the row scales) made once for the whole graph unless every activation is one-sided
     names = {n.name for n in model.graph.node}
     one_sided = {c for c in codes if c.endswith(".xq") and c[: -len(".xq")] + ".Shift" in names}
     assert len(codes) >= 1 and report.plan.get("token", 0) + report.plan.get("token2", 0) >= 1
-    assert ops["QuantizeLinear"] == 2 * (len(codes) - len(residual)) + len(residual) - len(one_sided)
+    symmetric = len(codes) - len(residual) > len(one_sided)
+    assert ops["QuantizeLinear"] == len(codes) + int(symmetric)
     assert ops["Round"] == 0
     assert not [n for n in model.graph.node if n.op_type == "Reshape" and ".act." in n.input[0]]
     k_of = {t.name: t.dims[0] for t in model.graph.initializer if t.name.endswith(".wq")}
@@ -306,10 +293,13 @@ def test_scheme_options_are_checked():
     assert ExportConfig(integer_schemes=[]).integer_schemes == ()
 
 
-def test_auto_weight_only_moves_leftovers_to_block_only_for_8_bit_codes():
-    assert ExportConfig(activation_bits=8).leftovers_to_block
+def test_auto_weight_only_moves_leftovers_to_block_only_for_the_vnni_target():
+    assert ExportConfig(activation_bits=8).leftovers_to_block  # 8-bit codes imply the VNNI target
     assert not ExportConfig(activation_bits=7).leftovers_to_block  # portable: dequant is fp32 speed on AVX2
     assert not ExportConfig(activation_bits=8, weight_only="dequant").leftovers_to_block
+    assert ExportConfig.avx512_vnni().leftovers_to_block and not ExportConfig.avx2().leftovers_to_block
+    with pytest.raises(ValueError, match="resolve_target"):
+        _ = ExportConfig().leftovers_to_block  # "auto" is decided when the export runs
     assert ExportConfig().search_weight_only == "dequant"
     assert ExportConfig(weight_only="block").search_weight_only == "block"
 
@@ -323,22 +313,58 @@ def test_activation_chain_and_bits_are_checked():
         ExportConfig(activation_bits="8")
 
 
-def test_auto_activation_bits_follow_the_exporting_cpu(monkeypatch):
-    from rewardrt.export.exporter import auto_activation_bits
+def test_auto_target_follows_the_exporting_cpu_when_the_export_runs(monkeypatch):
+    from rewardrt.export.config import resolve_target
     from rewardrt.runtime import cpu
 
-    assert auto_activation_bits({"int8_dot_product": "VNNI"}) == 8
-    assert auto_activation_bits({"int8_dot_product": "AVX2 (no VNNI)"}) == 7
-    assert auto_activation_bits({"int8_dot_product": "none"}) == 7
-    assert auto_activation_bits({"int8_dot_product": "not x86 (no VPMADDUBSW saturation)"}) == 8
+    assert host_target({"int8_dot_product": "VNNI"}) == "avx512-vnni"
+    assert host_target({"int8_dot_product": "AVX2 (no VNNI)"}) == "avx2"
+    assert host_target({"int8_dot_product": "none"}) == "avx2"
+    assert host_target({"int8_dot_product": "not x86 (no VPMADDUBSW saturation)"}) == "avx512-vnni"
+
+    def no_probe():
+        raise AssertionError("building a config must not probe the CPU")
+
+    monkeypatch.setattr(cpu, "cpu_features", no_probe)
+    cfg = ExportConfig()
+    assert cfg.target == "auto" and cfg.activation_bits is None and cfg.bits is None
+    # explicit bits imply the target: no probe either
+    assert resolve_target(ExportConfig(activation_bits=8)).target == "avx512-vnni"
+    assert (resolve_target(ExportConfig(activation_bits=7)).target, ExportConfig(activation_bits=7).bits) == ("avx2", 7)
     monkeypatch.setattr(cpu, "cpu_features", lambda: {"int8_dot_product": "AVX2 (no VNNI)"})
-    assert ExportConfig().activation_bits == 7 and ExportConfig(activation_bits=8).activation_bits == 8
+    assert (resolve_target(cfg).target, resolve_target(cfg).activation_bits) == ("avx2", 7)
     monkeypatch.setattr(cpu, "cpu_features", lambda: {"int8_dot_product": "VNNI"})
-    assert ExportConfig().activation_bits == 8 and ExportConfig(activation_bits=7).activation_bits == 7
+    assert (resolve_target(cfg).target, resolve_target(cfg).activation_bits) == ("avx512-vnni", 8)
+    assert resolve_target(ExportConfig.avx2()).activation_bits == 7  # a named target is kept
+
+
+def test_target_presets_and_disagreeing_bits():
+    assert (ExportConfig.avx512_vnni().target, ExportConfig.avx512_vnni().bits) == ("avx512-vnni", 8)
+    assert (ExportConfig.avx2().target, ExportConfig.avx2().bits) == ("avx2", 7)
+    assert ExportConfig.avx512_vnni(activation_bits=7).bits == 7  # exact on VNNI too
+    with pytest.raises(ValueError, match="activation_bits 8 does not agree with target avx2"):
+        ExportConfig.avx2(activation_bits=8)
+    with pytest.raises(ValueError, match="target must be one of"):
+        ExportConfig(target="avx512")
+
+
+def test_cli_target_flag_and_one_line_conflict_error(tiny_checkpoint, tmp_path, capsys):
+    from rewardrt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--target {avx512-vnni,avx2,auto}" in help_text and "VPMADDUBSW" in help_text
+    code = main(["export", str(tiny_checkpoint), "-o", str(tmp_path / "x.onnx"), "--target", "avx2",
+                 "--activation-bits", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--activation-bits 8 does not agree with --target avx2" in err[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gate_fallbacks_cut_the_most_sensitive_integer_matmuls_first():
-    from rewardrt.export.exporter import gate_fallbacks
+    from rewardrt.export.search import gate_fallbacks
 
     plan = {f"m{i}": "token" for i in range(6)} | {"d0": "dequant", "d1": "dequant"}
     sens = {f"m{i}": float(5 - i) for i in range(6)}   # m5 least sensitive, m0 most
@@ -392,7 +418,8 @@ def test_held_out_gate_rejection_retries_with_fewer_integer_matmuls(tiny_checkpo
     assert spec["quantization"]["gate_rejected"] == report.rejected
     assert spec["quantization"]["plan_counts"] == report.plan
     assert "rejected by the held-out gate first: token=12" in report.describe()
-    assert report.activation_bits == ExportConfig().activation_bits
+    assert report.activation_bits == default_bits(host_target()) and report.target == host_target()
+    assert spec["quantization"]["target"] == host_target()
     assert f"activation codes: {report.activation_bits}-bit" in report.describe()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retry.onnx"]
 
@@ -407,11 +434,12 @@ def test_a_start_plan_that_fits_skips_the_search(tiny_checkpoint, tiny_int8, tmp
     report = export(tiny_checkpoint, out, ExportConfig(start_from=str(tiny_int8[0]), validation_size=300,
                                                       calibration_size=64, activation_bits=7))
     q = RewardModel(out).spec.quantization
-    assert report.passed and q["search"] == "start plan fits" and q["plan"] == first["plan"]
-    assert "sensitivity_mean_abs" not in q and "plan search" in report.stage_seconds
+    assert report.passed and q.search == "start plan fits" and q.plan == first.plan
+    assert q.sensitivity_mean_abs is None and "sensitivity_mean_abs" not in onnx_spec(out)["quantization"]
+    assert "plan search" in report.stage_seconds
     other = export(tiny_checkpoint, tmp_path / "other.int8.onnx", ExportConfig(
         start_plan={"not-a-matmul": "token"}, validation_size=100, calibration_size=32, activation_bits=7))
-    assert other.passed and "sensitivity_mean_abs" in RewardModel(tmp_path / "other.int8.onnx").spec.quantization
+    assert other.passed and RewardModel(tmp_path / "other.int8.onnx").spec.quantization.sensitivity_mean_abs
     with pytest.raises(FileNotFoundError, match="start plan artifact"):
         export(tiny_checkpoint, tmp_path / "x.onnx", ExportConfig(start_from=str(tmp_path / "missing.onnx")))
 
@@ -444,7 +472,7 @@ def onnx_spec(path):
 
 
 def test_a_start_plan_is_adapted_to_what_the_export_allows():
-    from rewardrt.export.exporter import adapted_plan
+    from rewardrt.export.search import adapted_plan
 
     plan = {"a": "token", "b": "block", "c": "token2", "d": "fp32", "e": "dequant"}
     portable = ExportConfig(activation_bits=7)  # weight_only auto: block only with 8-bit codes

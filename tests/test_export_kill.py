@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from rewardrt.export.errors import CheckpointError
-from rewardrt.export.exporter import ExportConfig, export
+from rewardrt.export.config import ExportConfig
+from rewardrt.export.exporter import export
 from rewardrt.export.workdir import PREFIX, export_workdir, remove_stale_workdirs
 from rewardrt.runtime.integrity import check_artifact
 

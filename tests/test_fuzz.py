@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from rewardrt import RewardModel
 from rewardrt.cli import main
-from rewardrt.runtime import cli as runtime_cli
+from rewardrt.runtime import clibase
 from rewardrt.runtime import scorer
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -124,7 +124,7 @@ def test_strange_inputs_on_the_default_model():
 def cached_model(model):
     """``rewardrt score`` without loading the model for every example."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runtime_cli, "_load", lambda path, threads=None: model)
+        mp.setattr(clibase, "load_model", lambda path, threads=None: model)
         yield model
 
 

@@ -4,7 +4,6 @@ with an ArtifactError naming the file before onnxruntime builds anything; sealin
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 import shutil
 
@@ -125,7 +124,8 @@ def test_newer_format_asks_for_an_upgrade(sealed, tmp_path, version, no_session)
         RewardModel(newer)
 
 
-def test_unsealed_format_1_loads_with_a_warning_and_can_be_sealed(sealed, tmp_path, caplog):
+def test_unsealed_format_1_is_refused_naming_re_export(sealed, tmp_path):
+    """Format 1 (no digest) was never shipped in a release: it is refused, not loaded with a warning."""
     model = onnx.load(str(sealed))
     del model.metadata_props[[p.key for p in model.metadata_props].index(KEY_SHA256)]
     for p in model.metadata_props:
@@ -133,15 +133,11 @@ def test_unsealed_format_1_loads_with_a_warning_and_can_be_sealed(sealed, tmp_pa
             p.value = "1"
     old = tmp_path / "old.onnx"
     onnx.save(model, str(old))
-    with caplog.at_level(logging.WARNING, logger="rewardrt"):
-        scores = RewardModel(old).batch_score(["Paris.", "Lyon."], "Paris is the capital.")
-    assert "unsealed artifact (format 1" in caplog.text and "old.onnx" in caplog.text
-    assert scores == RewardModel(sealed).batch_score(["Paris.", "Lyon."], "Paris is the capital.")
-    digest = seal(old)
-    assert _meta(old)[KEY_FORMAT] == "2" and _meta(old)[KEY_SHA256] == digest
-    assert check_artifact(old) == 2
-    assert RewardModel(old).batch_score(["Paris.", "Lyon."], "Paris is the capital.") == scores
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "old.onnx"]  # no temp file left
+    with pytest.raises(ArtifactError, match=r"old.onnx' is artifact format 1 .*re-export it"):
+        RewardModel(old)
+    with pytest.raises(ArtifactError, match=r"cannot seal format '1'"):
+        seal(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "old.onnx"]  # nothing written
 
 
 def test_seal_refuses_what_it_cannot_read(tmp_path):

@@ -1,4 +1,4 @@
-"""The per-MatMul INT8 schemes of export/quantize.py on small hand-built graphs (no export run)."""
+"""The per-MatMul INT8 schemes of export/quantize/ on small hand-built graphs (no export run)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rewardrt.export.quantize import activation_range, apply_plan, dequant_weights, residual_steps
+from rewardrt.export.quantize import (
+    ActivationStats, QuantPlan, activation_range, apply_plan, dequant_weights, residual_steps,
+)
+from rewardrt.runtime.session import make_session, session_options
 
 K, N = 64, 48
 
@@ -24,8 +27,7 @@ def _graph(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})
+    return make_session(model.SerializeToString(), threads=1).run(None, {"x": x})
 
 
 def _activation(rng, rows=3, tokens=7) -> np.ndarray:
@@ -46,7 +48,7 @@ def test_token2_computes_the_two_level_integer_product(bits):
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
     x = _activation(rng)
-    (y,) = _run(apply_plan(_graph({"a": w}), {"a": "token2"}, activation_bits=bits), x)
+    (y,) = _run(apply_plan(_graph({"a": w}), QuantPlan({"a": "token2"}, activation_bits=bits)), x)
 
     qmax, _ = activation_range(bits)
     steps = residual_steps(bits)
@@ -68,7 +70,7 @@ def test_token2_error_is_far_below_token_and_rows_are_independent():
     exact = x @ w
     errors = {}
     for scheme in ("token", "token2"):
-        model = apply_plan(_graph({"a": w}), {"a": scheme})
+        model = apply_plan(_graph({"a": w}), QuantPlan({"a": scheme}))
         (y,) = _run(model, x)
         errors[scheme] = np.abs(y - exact).mean()
         (one,) = _run(model, x[1:2])
@@ -81,7 +83,8 @@ def test_token2_shares_one_quantization_per_activation_and_skips_smoothing():
     ws = {n: (rng.standard_normal((K, N)) * 0.1).astype(np.float32) for n in ("q", "k", "v")}
     x = _activation(rng)
     absmax = {n: np.abs(x).max(axis=(0, 1)) for n in ws}
-    model = apply_plan(_graph(ws), {"q": "token2", "k": "token2", "v": "token"}, act_absmax=absmax, alpha=0.5)
+    model = apply_plan(_graph(ws), QuantPlan({"q": "token2", "k": "token2", "v": "token"}, smooth_alpha=0.5),
+                       ActivationStats(absmax))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulIntegerToFloat") == 2 + 2 + 1
     # token2's codes + residual + zero points, token's codes + zero points
@@ -100,18 +103,18 @@ def test_gptq_cache_follows_the_smoothed_weights_not_the_node_name():
     flat = x.reshape(-1, K).astype(np.float64)
     hessians = {n: flat.T @ flat for n in ws}
     all_token = {"q": "token", "k": "token", "v": "token"}
-    kwargs = dict(act_absmax=absmax, alpha=0.5, hessians=hessians)
+    stats = ActivationStats(absmax, hessians)
     cache: dict = {}
-    apply_plan(_graph(ws), {"q": "token"}, cache=cache, **kwargs)
-    shared = _run(apply_plan(_graph(ws), all_token, cache=cache, **kwargs), x)
-    fresh = _run(apply_plan(_graph(ws), all_token, cache={}, **kwargs), x)
+    apply_plan(_graph(ws), QuantPlan({"q": "token"}, smooth_alpha=0.5), stats, cache)
+    shared = _run(apply_plan(_graph(ws), QuantPlan(all_token, smooth_alpha=0.5), stats, cache), x)
+    fresh = _run(apply_plan(_graph(ws), QuantPlan(all_token, smooth_alpha=0.5), stats, {}), x)
     for a, b in zip(shared, fresh):
         assert np.array_equal(a, b)
 
 
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="unknown schemes"):
-        apply_plan(_graph({"a": np.ones((K, N), np.float32)}), {"a": "token3"})
+        QuantPlan({"a": "token3"})
 
 
 @pytest.mark.parametrize("k, block, blocks", [(K, 32, 2), (K, 48, 1)])  # 48 does not divide 64: per channel
@@ -119,7 +122,7 @@ def test_dequant_stores_int8_blocks_and_runs_fp32_on_the_dequantized_weights(tmp
     rng = np.random.default_rng(4)
     w = (rng.standard_normal((k, N)) * 0.1).astype(np.float32)
     w[5, 7] = 3.0  # an outlier weight coarsens only its own block's scale
-    model = apply_plan(_graph({"a": w}), {"a": "dequant"}, block_size=block)
+    model = apply_plan(_graph({"a": w}), QuantPlan({"a": "dequant"}, block_size=block))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert not any(a.dtype == np.float32 and a.size >= k * N for a in inits.values())  # no fp32 copy stored
     codes, scale = dequant_weights(w, block)
@@ -131,10 +134,10 @@ def test_dequant_stores_int8_blocks_and_runs_fp32_on_the_dequantized_weights(tmp
     (y,) = _run(model, x)
     assert np.abs(y - x @ dq).max() <= 1e-5 * np.abs(x @ dq).max()  # fp32 compute, activations untouched
     # onnxruntime folds the constant Cast-Mul-Reshape into one fp32 weight when the session loads
-    opts = ort.SessionOptions()
+    opts = session_options(threads=1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    make_session(model.SerializeToString(), options=opts)
     optimized = onnx.load(opts.optimized_model_filepath)
     assert [n.op_type for n in optimized.graph.node] == ["MatMul"]
     (folded,) = [t for t in optimized.graph.initializer if t.name == optimized.graph.node[0].input[1]]
@@ -171,7 +174,7 @@ def test_gelu_output_is_quantized_one_sided_with_the_shift_taken_back(bits):
     rng = np.random.default_rng(5)
     w = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
     x = (rng.standard_normal((3, 7, K)) * 2).astype(np.float32)
-    model = apply_plan(_gelu_graph(w), {"down": "token"}, activation_bits=bits)
+    model = apply_plan(_gelu_graph(w), QuantPlan({"down": "token"}, activation_bits=bits))
     assert "Abs" not in {n.op_type for n in model.graph.node}  # the shifted row is >= 0
     (y,) = _run(model, x)
 
@@ -195,7 +198,7 @@ def test_one_sided_gelu_codes_halve_the_error_and_keep_rows_independent():
     exact = _gelu(x.astype(np.float64)) @ w
     errors = {}
     for one_sided in (False, True):
-        model = apply_plan(_gelu_graph(w), {"down": "token"}, one_sided=one_sided)
+        model = apply_plan(_gelu_graph(w), QuantPlan({"down": "token"}, one_sided_gelu=one_sided))
         (y,) = _run(model, x)
         errors[one_sided] = np.abs(y - exact).mean()
         (one,) = _run(model, x[2:3])
@@ -206,7 +209,7 @@ def test_one_sided_gelu_codes_halve_the_error_and_keep_rows_independent():
 def test_one_sided_codes_only_follow_gelu_outputs():
     """An activation that may be negative anywhere (Q/K/V's layer-norm output) stays symmetric."""
     w = np.ones((K, N), np.float32)
-    plain = apply_plan(_graph({"a": w}), {"a": "token"})
+    plain = apply_plan(_graph({"a": w}), QuantPlan({"a": "token"}))
     assert "Abs" in {n.op_type for n in plain.graph.node}
     assert not any(n.name.endswith(".Shift") or n.name.endswith(".Unshift") for n in plain.graph.node)
 
@@ -237,14 +240,14 @@ def test_unshift_folds_into_the_bias_downstream_only_when_nothing_else_reads_the
     bias = rng.standard_normal(N).astype(np.float32)
     feed = {"x": (rng.standard_normal((2, 5, K)) * 2).astype(np.float32),
             "skip": rng.standard_normal((2, 5, N)).astype(np.float32)}
-    model = apply_plan(_gelu_bias_graph(w, bias, read_sum), {"down": "token"})
+    model = apply_plan(_gelu_bias_graph(w, bias, read_sum), QuantPlan({"down": "token"}))
     names = [n.name for n in model.graph.node]
     assert any(n.endswith(".Unshift") for n in names) == read_sum
     (bias_now,) = [t for t in model.graph.initializer if t.name == "bias"]
     assert np.array_equal(numpy_helper.to_array(bias_now), bias) == read_sum
-    unfolded = apply_plan(_gelu_bias_graph(w, bias, read_sum=True), {"down": "token"})
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(unfolded.SerializeToString(), providers=["CPUExecutionProvider"])
+    unfolded = apply_plan(_gelu_bias_graph(w, bias, read_sum=True), QuantPlan({"down": "token"}))
+    session = make_session(model.SerializeToString(), threads=1)
+    reference = make_session(unfolded.SerializeToString(), threads=1)
     out, ref = session.run(["out"], feed)[0], reference.run(["out"], feed)[0]
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()  # the same sum, up to float rounding
 
@@ -263,7 +266,7 @@ def test_integer_plans_raise_the_opset_and_move_reduction_axes_to_inputs():
                               [numpy_helper.from_array(w, "W")])
     traced = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     traced.ir_version = 8
-    model = apply_plan(traced, {"mm": "token"})
+    model = apply_plan(traced, QuantPlan({"mm": "token"}))
     onnx.checker.check_model(model)
     assert [o.version for o in model.opset_import if o.domain == ""] == [QLINEAR_OPSET]
     (mean,) = [n for n in model.graph.node if n.name == "mean"]
@@ -271,11 +274,11 @@ def test_integer_plans_raise_the_opset_and_move_reduction_axes_to_inputs():
     x = _activation(np.random.default_rng(10))
     (y,) = _run(model, x)
     # the elementwise chain makes the same codes without raising the opset
-    same_codes = apply_plan(traced, {"mm": "token"}, chain="elementwise")
+    same_codes = apply_plan(traced, QuantPlan({"mm": "token"}, chain="elementwise"))
     assert [o.version for o in same_codes.opset_import if o.domain == ""] == [17]
     (expected,) = _run(same_codes, x)
     assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
-    fp32 = apply_plan(traced, {"mm": "fp32"})  # no integer MatMul: the graph keeps its opset
+    fp32 = apply_plan(traced, QuantPlan({"mm": "fp32"}))  # no integer MatMul: the graph keeps its opset
     assert [o.version for o in fp32.opset_import if o.domain == ""] == [17]
 
 
@@ -290,3 +293,87 @@ def test_raising_the_opset_refuses_ops_it_does_not_know_to_keep_their_meaning():
     with pytest.raises(ValueError, match="Pad changed"):
         raise_opset(model, 21)
     assert model.opset_import[0].version == 17
+
+
+@pytest.mark.parametrize("k", [K, 384])
+def test_both_activation_chains_give_identical_codes(k):
+    """The one-op QuantizeLinear chain reproduces the elementwise chain's uint8 codes bit for bit
+    (round half to even, an all-zero row, a row of tiny values), hence identical MatMul outputs."""
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((k, N)) / np.sqrt(k)).astype(np.float32)
+    x = rng.standard_normal((2, 9, k)).astype(np.float32)
+    x[..., rng.choice(k, 4, replace=False)] *= 20.0
+    x[0, 0, :] = np.resize(np.array([127.0, -2.5, 3.5, -0.5, 0.5, 126.5, -127.0], np.float32), k)  # .5 ties
+    x[0, 1, :] = 0.0
+    x[0, 2, :] *= 1e-30
+    outs = {}
+    for chain in ("elementwise", "qlinear"):
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", N])],
+                                  [numpy_helper.from_array(w, "W")])
+        model = apply_plan(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                           QuantPlan({"mm": "token"}, chain=chain))
+        model.graph.output.append(helper.make_tensor_value_info("mm.act.xq", TensorProto.UINT8, None))
+        outs[chain] = _run(model, x)
+    (y_e, codes_e), (y_q, codes_q) = outs["elementwise"], outs["qlinear"]
+    assert np.array_equal(codes_e, codes_q), int(np.sum(codes_e != codes_q))
+    assert np.array_equal(y_e, y_q)
+
+
+def _two_stage_graph(rng) -> onnx.ModelProto:
+    """x -> Q, K, V (one activation read by three MatMuls) -> their sum -> one more MatMul: two
+    quantized activations, the first shared by three integer GEMMs."""
+    w = {n: (rng.standard_normal((K, K)) * 0.1).astype(np.float32) for n in ("q", "k", "v", "o")}
+    nodes = [helper.make_node("MatMul", ["x", f"W{n}"], [f"y{n}"], name=n) for n in ("q", "k", "v")]
+    nodes += [helper.make_node("Add", ["yq", "yk"], ["s1"], name="add1"),
+              helper.make_node("Add", ["s1", "yv"], ["s"], name="add2"),
+              helper.make_node("MatMul", ["s", "Wo"], ["y"], name="o")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", K])],
+        [numpy_helper.from_array(a, f"W{n}") for n, a in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("outliers", [0, 2])
+def test_compact_fuses_sibling_gemms_and_shares_zero_points_bit_for_bit(outliers):
+    """Q, K and V on the integer GEMM become one MatMulIntegerToFloat on their weights side by side
+    and a Split (outlier channels' fp32 products likewise one MatMul); the zero points are made
+    once for the graph. Every output is the same int32 sum times the same scales: == before."""
+    from collections import Counter
+
+    from rewardrt.export.quantize.compact import compact
+
+    rng = np.random.default_rng(4)
+    model = _two_stage_graph(rng)
+    x = _activation(rng)
+    absmax = np.abs(x).reshape(-1, K).max(axis=0)
+    stats = ActivationStats(absmax={n: absmax for n in ("q", "k", "v", "o")})
+    plan = QuantPlan({n: "token" for n in ("q", "k", "v", "o")}, smooth_alpha=0.5, outlier_channels=outliers)
+    loose = apply_plan(model, plan, stats)
+    tight = onnx.ModelProto.FromString(loose.SerializeToString())
+    assert compact(tight) == {"gemms_fused": 2, "zero_points_shared": 1}
+    before = Counter(n.op_type for n in loose.graph.node)
+    after = Counter(n.op_type for n in tight.graph.node)
+    assert (before["MatMulIntegerToFloat"], after["MatMulIntegerToFloat"]) == (4, 2)
+    assert after["Split"] == 1 and after["QuantizeLinear"] == before["QuantizeLinear"] - 1 == 3
+    assert after["MatMul"] == (1 + 1 if outliers else 0)  # one fused outlier product per group
+    assert len(tight.graph.node) == len(loose.graph.node) - (8 if outliers else 4)
+    onnx.checker.check_model(tight)
+    (y0,) = _run(loose, x)
+    (y1,) = _run(tight, x)
+    assert np.array_equal(y0, y1)
+    (one,) = _run(tight, x[2:3])
+    assert np.array_equal(one, y1[2:3])  # still row-wise: a row ignores its batch neighbours
+
+
+def test_compact_leaves_a_graph_without_siblings_alone():
+    from rewardrt.export.quantize.compact import compact
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+    model = apply_plan(_graph({"a": w}), QuantPlan({"a": "token"}))
+    nodes = [n.SerializeToString() for n in model.graph.node]
+    assert compact(model) == {"gemms_fused": 0, "zero_points_shared": 0}
+    assert [n.SerializeToString() for n in model.graph.node] == nodes

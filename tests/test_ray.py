@@ -1,4 +1,4 @@
-"""rewardrt.ray on a local Ray (2 CPUs, loopback only): Ray Data scoring, a killed actor, the Serve
+"""rewardrt.runtime.integrations.ray on a local Ray (2 CPUs, loopback only): Ray Data scoring, a killed actor, the Serve
 deployment and ``rewardrt score --ray``, all checked against in-process ``RewardModel.batch_score``."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import ray
-import rewardrt.ray as rr
+import rewardrt.runtime.integrations.ray as rr
 from rewardrt.cli import main
 from rewardrt.runtime.api import RewardModel
 
 # Ray's own modules warn about their pydantic and API deprecations; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-# A pair's score is bit-identical whatever its batch (runtime/scorer.py, README "Guarantees"), so
+# A pair's score is bit-identical whatever its batch (runtime/scorer.py, runtime/README.md "Guarantees"), so
 # Ray's batches must give exactly the in-process scores.
 TOLERANCE = 0.0
 N_PAIRS = 3000

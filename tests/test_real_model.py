@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rewardrt import RewardModel
-from rewardrt.export.exporter import ExportConfig, export
+from rewardrt.export.config import ExportConfig
+from rewardrt.export.exporter import export
 from rewardrt.export.reference import TorchReward
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def _fitted_head(encoder_dir, n: int = 600) -> dict:
 
     from rewardrt.export.pairs import load_pair_set
     from rewardrt.export.reference import encode_pairs, load_encoder, load_tokenizer, meanmax_pool
-    from rewardrt.runtime.evaluate import word_f1
+    from rewardrt.models.evaluate import word_f1
 
     rows = [{"a": r["reference"], "b": r["response"]} for r in load_pair_set().calibration]
     random.Random(0).shuffle(rows)

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from rewardrt.runtime.api import RewardModel  # noqa: E402
 from rewardrt.runtime.serve import ServeConfig, create_app, is_loopback  # noqa: E402
-from rewardrt.runtime.serve_batcher import MicroBatcher, QueueFullError, ShuttingDownError  # noqa: E402
+from rewardrt.runtime.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError  # noqa: E402
 
 REF = "The capital of France is Paris."
 RESPONSES = ["Paris.", "It is Lyon.", "Paris is the capital of France.", "I do not know."]
@@ -175,7 +175,7 @@ def test_get_reward_strips_chat_tokens(model):
 
 def test_openapi_describes_every_route_and_the_real_bodies(client, model):
     jsonschema = pytest.importorskip("jsonschema")
-    from rewardrt.runtime.serve_app import ROUTES
+    from rewardrt.runtime.serve.app import ROUTES
 
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1") and set(doc["paths"]) == ROUTES
@@ -318,14 +318,14 @@ def test_full_queue_answers_503(model, monkeypatch):
 def test_close_drains_queued_work_then_refuses(model, monkeypatch):
     gate = Gate(model, monkeypatch)
     batcher = MicroBatcher(model, max_wait_ms=0)
-    first = batcher.submit(["a"], [REF])
+    first = batcher.submit([REF], ["a"])
     assert gate.entered.wait(10)
-    queued = [batcher.submit([f"q{i}"], [REF]) for i in range(3)]
+    queued = [batcher.submit([REF], [f"q{i}"]) for i in range(3)]
     closer = threading.Thread(target=batcher.close)
     closer.start()
     wait_until(lambda: batcher.closed)
     with pytest.raises(ShuttingDownError, match="shutting down"):
-        batcher.submit(["late"], [REF])
+        batcher.submit([REF], ["late"])
     gate.release.set()
     closer.join(30)
     assert not closer.is_alive()
@@ -342,7 +342,7 @@ def test_batcher_isolates_a_failing_job(model, monkeypatch):
 
     monkeypatch.setattr(model, "batch_score", flaky)
     batcher = MicroBatcher(model, max_wait_ms=50)
-    good, bad = batcher.submit(["fine"], [REF]), batcher.submit(["boom"], [REF])
+    good, bad = batcher.submit([REF], ["fine"]), batcher.submit([REF], ["boom"])
     assert good.result(10) == original(["fine"], REF)
     with pytest.raises(RuntimeError, match="bad pair"):
         bad.result(10)
@@ -352,19 +352,19 @@ def test_batcher_isolates_a_failing_job(model, monkeypatch):
 def test_batcher_checks_its_arguments(model):
     batcher = MicroBatcher(model, max_queue=1)
     with pytest.raises(ValueError, match="one reference per response"):
-        batcher.submit(["a", "b"], [REF])
+        batcher.submit([REF], ["a", "b"])
     with pytest.raises(ValueError, match="output must be one of"):
-        batcher.submit(["a"], [REF], output="logits")
+        batcher.submit([REF], ["a"], output="logits")
     assert batcher.submit([], []).result(0) == []
     with pytest.raises(QueueFullError, match="at most 1"):
-        batcher.submit(["a", "b"], [REF, REF])
+        batcher.submit([REF, REF], ["a", "b"])
     batcher.close(10)
 
 
 # --- a real process ----------------------------------------------------------------------------------
 
 def test_serve_subprocess_sigterm_exits_cleanly(tiny_int8, tmp_path):
-    from rewardrt.bench.loadtest import free_port, start_server, stop_server, wait_ready
+    from rewardrt.bench.stress.loadtest import free_port, start_server, stop_server, wait_ready
 
     port, log = free_port(), tmp_path / "serve.log"
     proc = start_server(tiny_int8[0], port, log, ["--log-level", "info"])
@@ -425,7 +425,7 @@ def _in_flight(port: int) -> float:
 def _sigterm_during_a_slow_request(tmp_path, grace: str, pairs: int):
     """A real server on the default model (1 thread), a slow request in flight, then SIGTERM:
     yields (process, port, the request's thread); the process is killed if still alive after."""
-    from rewardrt.bench.loadtest import free_port, start_server, wait_ready
+    from rewardrt.bench.stress.loadtest import free_port, start_server, wait_ready
     from rewardrt.models import default_model_path
 
     port, log = free_port(), tmp_path / "serve.log"
@@ -486,7 +486,7 @@ def test_serve_refuses_a_missing_model_and_bad_options(tmp_path, cli):
 
 
 def test_short_loadtest(tiny_int8):
-    from rewardrt.bench.loadtest import run_loadtest
+    from rewardrt.bench.stress.loadtest import run_loadtest
 
     result = run_loadtest(tiny_int8[0], seconds=2.0, clients=4, max_requests=2000)
     print(result.summary())
@@ -500,8 +500,8 @@ def test_short_loadtest(tiny_int8):
 
 def test_abuse_loopback(tiny_int8, tmp_path):
     """Malformed, mistyped and oversize requests, slow clients, disconnects and a burst past the queue
-    get the right 4xx/503 and the server keeps serving correct scores (bench/abuse.py, shortened)."""
-    from rewardrt.bench.abuse import run_abuse
+    get the right 4xx/503 and the server keeps serving correct scores (bench/stress/abuse.py, shortened)."""
+    from rewardrt.bench.stress.abuse import run_abuse
 
     result = run_abuse(tiny_int8[0], slow_clients=8, burst=24, log=tmp_path / "serve.log")
     print(result.summary())

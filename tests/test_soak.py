@@ -1,4 +1,4 @@
-"""A short soak (bench/soak.py): thousands of scores in one process without descriptor or memory
+"""A short soak (bench/stress/soak.py): thousands of scores in one process without descriptor or memory
 growth, and the same bits for a probe set at the end as after warm-up."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ pytest.importorskip("psutil")
 
 
 def test_short_soak(tiny_int8):
-    from rewardrt.bench.soak import run_soak
+    from rewardrt.bench.stress.soak import run_soak
 
     result = run_soak(tiny_int8[0], n=2000, warmup=300, max_batch=32, threads=1, max_growth=25.0)
     print(result.summary())

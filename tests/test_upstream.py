@@ -120,7 +120,7 @@ def test_embedded_default_matches_upstream_on_its_checkpoint(tmp_path, dev_pairs
     from rewardrt.models import model_dir
     from rewardrt.models.delta import materialize
     from rewardrt.runtime.metrics import fidelity
-    from rewardrt.export.exporter import FidelityBudget
+    from rewardrt.export.config import FidelityBudget
 
     ckpt = materialize(model_dir() / "delta.safetensors", tmp_path / "ckpt")
     refs, resps = dev_pairs

@@ -1,5 +1,7 @@
-"""The ``rewardrt`` command. Subcommands register themselves from their own side of the project;
-heavy imports (torch) happen only when an export-side subcommand actually runs."""
+"""The ``rewardrt`` command: where the rooms' verbs are put together. Each room registers its own
+(score/rank/info from runtime/cli, serve from runtime/serve, ``score --ray`` from the Ray room,
+export, train/eval/pack/materialize from models, bench); heavy imports (torch, Ray, Starlette) happen
+only when a verb that needs them runs."""
 
 from __future__ import annotations
 
@@ -18,11 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     from rewardrt.models import cli as models_cli
     from rewardrt.runtime import cli as runtime_cli
     from rewardrt.runtime.clibase import Parser
+    from rewardrt.runtime.integrations import raycli as ray_cli
+    from rewardrt.runtime.serve import cli as serve_cli
 
     parser = Parser(prog="rewardrt", description="Fast torch-free CPU reward scoring.")
     parser.add_argument("--version", action="version", version=f"rewardrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    runtime_cli.add_parsers(sub)
+    verbs = runtime_cli.add_parsers(sub)
+    ray_cli.add_options(verbs["score"])
+    serve_cli.add_parser(sub)
     export_cli.add_parser(sub)
     models_cli.add_parsers(sub)
     try:

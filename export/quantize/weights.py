@@ -1,0 +1,99 @@
+"""Weight-only int8: ``dequant`` blocks expanded at load, ``block`` (MatMulNBits) and int8 embedding
+tables."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rewardrt.export.quantize.sites import add_const, replace_nodes
+
+
+def dequant_weights(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes [K/b, b, N] and fp32 scales [K/b, 1, N] of ``w`` [K, N] in blocks of
+    b = ``block_size`` rows (b = K, one scale per output channel, when ``block_size`` does not divide K)."""
+    k, n = w.shape
+    b = block_size if k % block_size == 0 else k
+    blocks = w.reshape(k // b, b, n)
+    absmax = np.abs(blocks).max(axis=1, keepdims=True)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(blocks / scale), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def dequant_matmul_nodes(node: onnx.NodeProto, w: np.ndarray, graph: onnx.GraphProto,
+                          block_size: int) -> list[onnx.NodeProto]:
+    """``node`` reading int8 weights through Cast·Mul·Reshape: all constant, so onnxruntime's
+    constant folding turns them back into one fp32 initializer at load."""
+    p = node.name or node.output[0]
+    codes, scale = dequant_weights(w, block_size)
+    add_const(graph, f"{p}.wq8", codes)
+    add_const(graph, f"{p}.wq8_scale", scale)
+    add_const(graph, f"{p}.wq8_shape", np.array(w.shape, dtype=np.int64))
+    mk = helper.make_node
+    return [
+        mk("Cast", [f"{p}.wq8"], [f"{p}.wq8_f"], to=TensorProto.FLOAT, name=f"{p}.WeightCast"),
+        mk("Mul", [f"{p}.wq8_f", f"{p}.wq8_scale"], [f"{p}.wq8_blocks"], name=f"{p}.WeightScale"),
+        mk("Reshape", [f"{p}.wq8_blocks", f"{p}.wq8_shape"], [f"{p}.w_dequant"], name=f"{p}.WeightReshape"),
+        mk("MatMul", [node.input[0], f"{p}.w_dequant"], list(node.output), name=p),
+    ]
+
+
+def apply_block(model: onnx.ModelProto, nodes: list[str], block_size: int) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                       bits=8, op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                             nodes_to_exclude=[n.name for n in model.graph.node if n.name not in set(nodes)],
+                             algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
+def quantize_embedding_tables(model: onnx.ModelProto, min_rows: int = 1000) -> list[str]:
+    """Store large Gather tables (the word embeddings) as int8 rows with one fp32 scale per row.
+
+    ``Gather(table, ids)`` becomes ``Cast(Gather(table_q, ids)) * Gather(scales, ids)``: exact per
+    row up to int8 rounding (about 0.4% of the row's largest entry), a quarter of the bytes, and the
+    cost is two small gathers. Returns the names of the tables rewritten (in place)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    done = []
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or axis != 0 or len(table.dims) != 2 or table.dims[0] < min_rows:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)
+        absmax = np.abs(w).max(axis=1, keepdims=True)
+        scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        p = node.name or node.output[0]
+        add_const(graph, f"{table.name}.q", q)
+        add_const(graph, f"{table.name}.scale", scale)
+        mk = helper.make_node
+        new_nodes += [
+            mk("Gather", [f"{table.name}.q", node.input[1]], [f"{p}.rows_q"], axis=0, name=f"{p}.GatherQ"),
+            mk("Gather", [f"{table.name}.scale", node.input[1]], [f"{p}.rows_scale"], axis=0, name=f"{p}.GatherScale"),
+            mk("Cast", [f"{p}.rows_q"], [f"{p}.rows_f"], to=TensorProto.FLOAT, name=f"{p}.Cast"),
+            mk("Mul", [f"{p}.rows_f", f"{p}.rows_scale"], [node.output[0]], name=f"{p}.Dequant"),
+        ]
+        done.append(table.name)
+    replace_nodes(graph, new_nodes)
+    return done
+
+
+def int8_tables(model: onnx.ModelProto) -> list[str]:
+    """Names of the embedding tables stored as int8 rows by :func:`quantize_embedding_tables`."""
+    return [t.name[: -len(".q")] for t in model.graph.initializer
+            if t.name.endswith(".q") and t.data_type == TensorProto.INT8]

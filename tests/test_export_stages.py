@@ -1,0 +1,125 @@
+"""The INT8 export's four stages, each called alone on the tiny random BERT: fit (calibration
+statistics), plan (start plan or search), quantize (the graph rewritten by a QuantPlan), gate (the
+written file against the torch reference on held-out pairs)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from rewardrt.export.config import ExportConfig, FidelityBudget
+from rewardrt.export.errors import FidelityError
+from rewardrt.export.fit import fit, reference_raw
+from rewardrt.export.gate import HeldOut, gate
+from rewardrt.export.pairs import calibration_pairs, load_pair_set, validation_pairs
+from rewardrt.export.quantize import QuantPlan, quantizable_matmuls, quantize
+from rewardrt.export.search import search_plan
+
+MAX_LENGTH = 512  # the torch reference fixture's: trials and reference must truncate alike
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_checkpoint, tiny_reference, tmp_path_factory):
+    """The tiny checkpoint's fp32 graph as the INT8 export quantizes it (Q, K, V separate), and its
+    tokenizer JSON."""
+    from rewardrt.export import graph
+    from rewardrt.export.checkpoint import locate, read_config
+
+    files = locate(tiny_checkpoint)
+    arch = read_config(files)
+    work = tmp_path_factory.mktemp("stages")
+    graph.trace(tiny_reference.net, work / "traced.onnx")
+    graph.fuse(work / "traced.onnx", work / "fused.onnx", arch["num_attention_heads"], arch["hidden_size"],
+               arch["num_hidden_layers"], fuse_embeddings=False, separate_qkv=True)
+    model = graph.load(work / "fused.onnx")
+    graph.expand_layer_norms(model)
+    return model, files.tokenizer.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def calibration(fused, tiny_reference):
+    model, tokenizer_json = fused
+    return fit(model, calibration_pairs(load_pair_set(), 24), tiny_reference, tokenizer_json, MAX_LENGTH)
+
+
+def _ops(model) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def test_fit_gives_reference_scores_and_per_matmul_statistics(fused, calibration, tiny_reference):
+    model, _ = fused
+    cal = calibration
+    sites = {s.name: s for s in quantizable_matmuls(model)}
+    assert len(sites) == 6 * 2 and set(cal.stats.absmax) == set(sites) == set(cal.stats.hessian)
+    for name, site in sites.items():
+        assert cal.stats.absmax[name].shape == (site.k,) and (cal.stats.absmax[name] >= 0).all()
+        h = cal.stats.hessian[name]
+        assert h.shape == (site.k, site.k) and np.allclose(h, h.T) and (np.diag(h) >= 0).all()
+    # Q, K and V read one tensor: one set of statistics
+    by_input = collections.defaultdict(list)
+    for node in model.graph.node:
+        if node.name in sites:
+            by_input[node.input[0]].append(node.name)
+    qkv = max(by_input.values(), key=len)
+    assert len(qkv) == 3 and all(cal.stats.absmax[n] is cal.stats.absmax[qkv[0]] for n in qkv)
+    # reference scores in input order, whatever order they were batched in
+    pairs = cal.pairs
+    direct = np.array(tiny_reference.raw_scores(pairs.responses, pairs.references))
+    assert cal.reference_raw.shape == (len(pairs),) and np.abs(cal.reference_raw - direct).max() <= 1e-5
+
+
+def test_quantize_rewrites_a_copy_by_the_plan(fused, calibration):
+    model, _ = fused
+    before = model.SerializeToString()
+    names = [s.name for s in quantizable_matmuls(model)]
+    schemes = {n: "token" for n in names[:4]} | {n: "dequant" for n in names[4:]}
+    plan = QuantPlan(schemes, activation_bits=7, smooth_alpha=0.5, outlier_channels=8)
+    q = quantize(model, plan, calibration.stats, {})
+    assert model.SerializeToString() == before  # the fp32 graph every plan starts from is untouched
+    ops = _ops(q)
+    assert ops["MatMulIntegerToFloat"] == 4 and ops["MatMul"] >= len(names) - 4
+    assert sum(n.name.endswith(".WeightCast") for n in q.graph.node) == len(names) - 4
+    assert any(t.name.endswith(".q") and t.dims[0] == 30522 for t in q.graph.initializer)  # int8 embeddings
+    assert plan.counts == {"token": 4, "dequant": len(names) - 4}
+    assert QuantPlan(schemes).schemes == schemes and QuantPlan(schemes).schemes is not schemes
+    with pytest.raises(TypeError, match="QuantPlan"):
+        quantize(model, schemes)  # one typed options object, not a dict
+    with pytest.raises(ValueError, match="not in the graph"):
+        quantize(model, QuantPlan({"nope": "token"}))
+
+
+def test_plan_searches_then_keeps_a_start_plan_that_fits(fused, calibration):
+    model, tokenizer_json = fused
+    cfg = ExportConfig.avx2(calibration_size=24, sensitivity_size=8, start_from=None)
+    found = search_plan(model, calibration, cfg, tokenizer_json, MAX_LENGTH)
+    sites = {s.name for s in quantizable_matmuls(model)}
+    assert set(found.plan.schemes) == sites and set(found.plan.counts) <= {"token", "dequant", "fp32"}
+    assert found.plan.activation_bits == 7 and not found.start_plan_fits
+    assert set(found.sensitivity) == sites and found.leftovers_to_block == "not tried"  # AVX2: no block
+    assert found.plan.counts.get("token", 0) > 0  # the tiny model leaves room for integer GEMMs
+    ladder = found.fallbacks(cfg)
+    assert len(ladder) == cfg.gate_retries and ladder[-1].counts.get("token", 0) == 0
+    assert all(p.counts.get("token", 0) < found.plan.counts.get("token", 0) for p in ladder)
+    again = search_plan(model, calibration, ExportConfig.avx2(start_plan=dict(found.plan.schemes)),
+                        tokenizer_json, MAX_LENGTH)
+    assert again.start_plan_fits and again.plan == found.plan and again.fallbacks(cfg) == []
+    assert again.record_entries()["search"] == "start plan fits"
+    with pytest.raises(ValueError, match="resolve_target"):
+        search_plan(model, calibration, ExportConfig(), tokenizer_json, MAX_LENGTH)
+
+
+def test_gate_passes_within_budget_and_raises_over_it(tiny_int8, tiny_fp32, tiny_reference):
+    pairs = validation_pairs(load_pair_set(), 40)
+    held = HeldOut(pairs, reference_raw(tiny_reference, pairs), "40 test pairs")
+    verdict = gate(tiny_int8[0], held, FidelityBudget(), "int8")
+    assert verdict.passed and verdict.fidelity.mean_abs_diff <= 0.01
+    impossible = FidelityBudget(max_mean_abs=0.0, max_abs=0.0, min_spearman=1.0, min_agreement=1.0)
+    with pytest.raises(FidelityError, match="over its fidelity budget") as info:
+        gate(tiny_int8[0], held, impossible, "int8")
+    assert not info.value.report.passed and info.value.report.failures
+    assert gate(tiny_fp32[0], held, impossible, "fp32").max_raw_abs_diff <= 1e-4  # fp32: raw scores rule
+    shifted = HeldOut(pairs, held.reference_raw + 1e-3, "shifted")
+    with pytest.raises(FidelityError, match=r"raw max\|Δ\|"):
+        gate(tiny_fp32[0], shifted, FidelityBudget(), "fp32")
