@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rewardrt.bench.config import argparse_type, parse_rounds, parse_threads
+from rewardrt.runtime.clibase import positive, thread_counts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run, under 2 minutes")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the default model, materialized)")
     p.add_argument("--out", default="bench-results", help="results folder (default: %(default)s)")
-    p.add_argument("--threads", type=argparse_type(parse_threads), default=(1, 2),
+    p.add_argument("--threads", type=thread_counts, default=(1, 2),
                    help="comma-separated thread counts to measure at (default: 1,2)")
-    p.add_argument("--rounds", type=argparse_type(parse_rounds), default=None,
+    p.add_argument("--rounds", type=positive, default=None,
                    help="alternating rounds per thread count (default: 1 quick, 4 full)")
     p.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                    help="pairs to calibrate the exports and build the workloads from: JSONL rows with "

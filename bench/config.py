@@ -9,6 +9,8 @@ import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rewardrt.runtime.clibase import positive, thread_counts
+
 
 @dataclass(frozen=True)
 class BenchPlan:
@@ -62,43 +64,13 @@ def throughput_pairs(plan: BenchPlan, batch: int) -> int:
     return max(batch, plan.throughput_pairs // batch * batch)
 
 
-def parse_threads(text: str) -> tuple[int, ...]:
-    """``"1,2"`` -> (1, 2): distinct positive thread counts, ascending."""
+def checked(option: str, convert, value):
+    """``convert`` (a typed option value of rewardrt.runtime.clibase) applied to ``value`` from code
+    rather than the command line; its complaint as a ValueError naming ``option``."""
     try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"--threads must be a comma-separated list of positive ints such as 1,2; got {text!r}")
-    return tuple(sorted(set(values)))
-
-
-def parse_positive(text: str | int, option: str) -> int:
-    """A positive int, or a ValueError naming ``option``."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1:
-        raise ValueError(f"{option} must be a positive int, got {text!r}")
-    return value
-
-
-def parse_rounds(text: str | int) -> int:
-    return parse_positive(text, "--rounds")
-
-
-def argparse_type(parser):
-    """Wrap a parser above so argparse reports its message under the argument's name."""
-
-    def convert(text: str):
-        try:
-            return parser(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    convert.__name__ = parser.__name__.removeprefix("parse_")
-    return convert
+        return convert(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{option} {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -116,10 +88,10 @@ class BenchConfig:
         plan = QUICK if getattr(args, "quick", False) else FULL
         rounds = getattr(args, "rounds", None)
         if rounds is not None:
-            plan = replace(plan, rounds=parse_rounds(rounds))
+            plan = replace(plan, rounds=checked("--rounds", positive, rounds))
         threads = getattr(args, "threads", None)
-        threads = parse_threads(",".join(map(str, threads)) if isinstance(threads, (tuple, list))
-                                else threads if threads is not None else "1,2")
+        threads = checked("--threads", thread_counts, ",".join(map(str, threads)) if isinstance(threads, (tuple, list))
+                          else threads if threads is not None else "1,2")
         out = Path(getattr(args, "out", None) or "bench-results")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a file; give a folder for the results")

@@ -189,13 +189,7 @@ def report(summary: dict) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rewardrt.bench.config import argparse_type, parse_positive, parse_rounds, parse_threads
-
-    def positive(option: str):
-        def parse_count(text: str) -> int:
-            return parse_positive(text, option)
-
-        return argparse_type(parse_count)
+    from rewardrt.runtime.clibase import positive, thread_counts
 
     p = sub.add_parser(
         "crosscheck", help="side by side: upstream neural-txt vs RewardModel on one checkpoint (needs [bench])",
@@ -205,13 +199,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder in the neuraltxt-reward-tiny layout")
     p.add_argument("--artifact", required=True, help="the .onnx `rewardrt export` wrote from that checkpoint")
-    p.add_argument("--threads", type=argparse_type(parse_threads), default=(1, 2),
+    p.add_argument("--threads", type=thread_counts, default=(1, 2),
                    help="comma-separated thread counts (default: 1,2)")
-    p.add_argument("--rounds", type=argparse_type(parse_rounds), default=3,
+    p.add_argument("--rounds", type=positive, default=3,
                    help="rounds per thread count (default: %(default)s)")
-    p.add_argument("--rl-steps", type=positive("--rl-steps"), default=2,
+    p.add_argument("--rl-steps", type=positive, default=2,
                    help="RL steps of 64 samples per round (default: %(default)s)")
-    p.add_argument("--fidelity-pairs", type=positive("--fidelity-pairs"), default=None,
+    p.add_argument("--fidelity-pairs", type=positive, default=None,
                    help="dev pairs for the fidelity check (default: all)")
     p.add_argument("--pairs", dest="pairs_file", default=None, metavar="FILE.jsonl",
                    help="reference/response JSONL whose held-out half is measured (default: the bundled pair set)")

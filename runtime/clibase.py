@@ -62,6 +62,17 @@ non_negative = integer(0)
 port = integer(0, 65535)
 
 
+def thread_counts(text: str) -> tuple[int, ...]:
+    """An argparse ``type``: ``"1,2"`` -> (1, 2), distinct positive thread counts, ascending."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers such as 1,2, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's one error style: a single ``error: ...`` line and exit code 2
     (argparse's own prints the usage first)."""

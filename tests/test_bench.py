@@ -121,6 +121,10 @@ def test_bad_paths_name_the_argument(tmp_path, capsys):
         BenchConfig.from_args(argparse.Namespace(quick=True, out=str(tmp_path / "file")))
     with pytest.raises(FileNotFoundError, match="--pairs"):
         BenchConfig.from_args(argparse.Namespace(quick=True, pairs=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match=r"--rounds must be an integer >= 1, got '0'"):
+        BenchConfig.from_args(argparse.Namespace(quick=True, rounds=0))
+    with pytest.raises(ValueError, match=r"--threads must be comma-separated positive integers"):
+        BenchConfig.from_args(argparse.Namespace(quick=True, threads=(1, 0)))
 
 
 def test_quick_bench_profiles_the_host_int8_export_and_measures_the_int8_peak(quick_run):

@@ -79,7 +79,7 @@ def test_crosscheck_bad_options_name_the_option(args, named, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["crosscheck", "--checkpoint", str(tmp_path), "--artifact", str(tmp_path / "m.onnx"), *args])
     assert exc.value.code == 2
-    assert f"{named} must be" in capsys.readouterr().err
+    assert f"argument {named}: must be" in capsys.readouterr().err  # the one CLI error style
 
 
 def test_crosscheck_missing_inputs_name_the_argument(tmp_path, capsys):
