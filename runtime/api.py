@@ -3,11 +3,12 @@ order, so switching is a one-line import change."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewardrt.runtime.cpu import check_integer_gemm
+from rewardrt.runtime.cpu import check_integer_gemm, cpu_features
 from rewardrt.runtime.integrity import check_artifact
 from rewardrt.runtime.scorer import Scorer
 from rewardrt.runtime.session import make_session
@@ -15,6 +16,43 @@ from rewardrt.runtime.spec import ArtifactSpec, spec_from_metadata
 from rewardrt.runtime.tokenizer import DEFAULT_TRUNCATION, PairEncoder, check_truncation, load_tokenizer
 
 DEFAULT_BATCH_SIZE = 64
+# Which embedded artifact ``RewardModel()`` loads: "auto" (default), "avx2" (the portable one) or
+# "avx512-vnni"; see select_default_model.
+DEFAULT_ARTIFACT_ENV = "REWARDRT_DEFAULT_ARTIFACT"
+DEFAULT_ARTIFACT_CHOICES = ("auto", "avx2", "avx512-vnni")
+
+
+def select_default_model(choice: str | None = None, features: Mapping | None = None) -> Path:
+    """The embedded default artifact ``RewardModel()`` loads on this machine.
+
+    ``choice`` (None: the ``REWARDRT_DEFAULT_ARTIFACT`` environment variable, else ``"auto"``):
+    ``"auto"`` takes the VNNI artifact (target avx512-vnni: 8-bit activation codes, a plan fitted
+    to VNNI kernels, faster) when the build carries one and this CPU sums uint8 x int8 products
+    with VNNI (``rewardrt.runtime.cpu``), else the portable one (target avx2: 7-bit codes, exact on
+    every x86 CPU). ``"avx2"`` or ``"avx512-vnni"`` names one (the VNNI artifact on a CPU without
+    VNNI loads with the runtime's saturation warning). Scores of the two artifacts differ slightly
+    (each is verified against the torch reference on its own), so pin one where scores must match
+    across machines of different CPU types."""
+    from rewardrt.models import DEFAULT_ARTIFACTS, PORTABLE_TARGET, default_model_path
+
+    where = "choice"
+    if choice is None:
+        choice, where = os.environ.get(DEFAULT_ARTIFACT_ENV) or "auto", DEFAULT_ARTIFACT_ENV
+    if choice not in DEFAULT_ARTIFACT_CHOICES:
+        raise ValueError(f"{where} must be one of {', '.join(DEFAULT_ARTIFACT_CHOICES)}, got {choice!r}")
+    if choice != "auto":
+        path = default_model_path(choice)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}={choice} names the embedded {choice} artifact {str(path)!r}, "
+                                    f"which this build does not carry; use one of "
+                                    f"{', '.join(t for t in DEFAULT_ARTIFACTS if default_model_path(t).is_file())} "
+                                    "or auto")
+        return path
+    f = cpu_features() if features is None else features
+    vnni = default_model_path("avx512-vnni")
+    if f.get("int8_dot_product") == "VNNI" and vnni.is_file():
+        return vnni
+    return default_model_path(PORTABLE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -75,7 +113,8 @@ def _check_batch_size(batch_size: int) -> None:
 class RewardModel:
     """Scores responses against reference answers on [0, 1] with an exported rewardrt model.
 
-    ``path``: a self-contained .onnx written by ``rewardrt export`` (None: the embedded default).
+    ``path``: a self-contained .onnx written by ``rewardrt export`` (None: the embedded default for
+    this CPU, :func:`select_default_model`; ``REWARDRT_DEFAULT_ARTIFACT`` overrides the choice).
     ``threads``: intra-op threads (None: the cores available to this process).
     ``max_length``: truncate inputs to fewer tokens than the artifact's own max_length (None: keep).
     ``truncation``: how a pair longer than that is cut. ``"keep_response_end"`` (default) keeps the
@@ -83,8 +122,9 @@ class RewardModel:
     the end of the joined text, as neural-txt does (``rewardrt.runtime.tokenizer``).
 
     One instance may be shared by many threads; calls do not mutate it. It pickles as its path and
-    options (never its session): unpickling loads the same artifact path again (the embedded default
-    when ``path`` was None), so a model can be handed to worker processes.
+    options (never its session): unpickling loads the same artifact path again (when ``path`` was
+    None, the embedded default the receiving machine selects), so a model can be handed to worker
+    processes.
     """
 
     def __init__(self, path: str | Path | None = None, *, threads: int | None = None,
@@ -92,9 +132,7 @@ class RewardModel:
         check_truncation(truncation)
         self._options = (path, threads, max_length, truncation)  # what __reduce__ pickles
         if path is None:
-            from rewardrt.models import default_model_path
-
-            path = default_model_path()
+            path = select_default_model()
             if not path.is_file():
                 raise FileNotFoundError(
                     f"the embedded default model {str(path)!r} is not installed; pass the path of "

@@ -9,21 +9,33 @@ import textwrap
 import pytest
 
 from rewardrt import RewardModel
-from rewardrt.models import default_model_path, model_dir
+from rewardrt.models import DEFAULT_ARTIFACTS, default_model_path, model_dir
+from rewardrt.runtime.api import select_default_model
 
 
 def test_default_model_is_packaged_and_int8():
     assert default_model_path().is_file()
     model = RewardModel()
-    assert model.path == default_model_path()
+    assert model.path == select_default_model()  # the portable one, or the VNNI one on a VNNI CPU
     assert model.spec.precision == "int8"
     assert model.spec.fidelity.mean_abs_diff <= 0.01
 
 
+@pytest.mark.parametrize("target", list(DEFAULT_ARTIFACTS))
+def test_each_packaged_artifact_is_for_its_target_and_passed_its_gate(target):
+    path = default_model_path(target)
+    if not path.is_file():
+        pytest.skip(f"this build carries no {target} artifact")
+    spec = RewardModel(path, threads=1).spec
+    assert spec.quantization.target == target
+    assert spec.fidelity.mean_abs_diff <= 0.01 and spec.fidelity.max_abs_diff <= 0.05
+    assert spec.fidelity.spearman >= 0.995 and spec.fidelity.agreement_at_half >= 0.99
+
+
 def test_default_model_travels_to_any_x86_cpu():
-    # The packaged artifact lands on unknown CPUs: integer GEMMs only with 7-bit activation codes
+    # The portable artifact lands on unknown CPUs: integer GEMMs only with 7-bit activation codes
     # (8-bit ones saturate without VNNI) and no `block` MatMuls (MatMulNBits is slow on AVX2 only).
-    quant = RewardModel().spec.quantization
+    quant = RewardModel(default_model_path()).spec.quantization
     schemes = set(quant.plan.values())
     assert schemes <= {"token", "token2", "dequant"}, schemes
     if schemes & {"token", "token2"}:

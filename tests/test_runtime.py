@@ -159,3 +159,71 @@ def test_newer_format_is_refused(tiny_fp32, tmp_path):
 def test_spec_and_repr(int8):
     assert int8.spec.precision == "int8"
     assert "int8" in repr(int8)
+
+
+VNNI = {"int8_dot_product": "VNNI"}
+AVX2 = {"int8_dot_product": "AVX2 (no VNNI)"}
+
+
+@pytest.fixture
+def packaged(tmp_path, monkeypatch, tiny_int8, tiny_fp32):
+    """A models folder holding a portable artifact (the tiny INT8 one) and, when asked, a VNNI one
+    (the tiny fp32 one, so the two are told apart by their precision)."""
+    import shutil
+
+    import rewardrt.models as models
+
+    folder = tmp_path / models.DEFAULT_MODEL_NAME
+    folder.mkdir()
+    shutil.copy2(tiny_int8[0], folder / models.DEFAULT_ARTIFACTS["avx2"])
+    monkeypatch.setattr(models, "model_dir", lambda name=models.DEFAULT_MODEL_NAME: folder)
+    monkeypatch.delenv("REWARDRT_DEFAULT_ARTIFACT", raising=False)
+
+    def add_vnni():
+        shutil.copy2(tiny_fp32[0], folder / models.DEFAULT_ARTIFACTS["avx512-vnni"])
+    return folder, add_vnni
+
+
+def test_default_selection_prefers_the_vnni_artifact_on_vnni_cpus(packaged, monkeypatch):
+    from rewardrt.runtime.api import select_default_model
+
+    folder, add_vnni = packaged
+    portable, vnni = folder / "model.int8.onnx", folder / "model.vnni.int8.onnx"
+    assert select_default_model(features=VNNI) == portable  # no VNNI artifact in this build
+    add_vnni()
+    assert select_default_model(features=VNNI) == vnni
+    assert select_default_model(features=AVX2) == portable
+    assert select_default_model(features={"int8_dot_product": "not x86 (no VPMADDUBSW saturation)"}) == portable
+    assert select_default_model("avx2", features=VNNI) == portable
+    assert select_default_model("avx512-vnni", features=AVX2) == vnni  # asked for: loads, the runtime warns
+    monkeypatch.setenv("REWARDRT_DEFAULT_ARTIFACT", "avx2")
+    assert select_default_model(features=VNNI) == portable
+    monkeypatch.setenv("REWARDRT_DEFAULT_ARTIFACT", "vnni")
+    with pytest.raises(ValueError, match="REWARDRT_DEFAULT_ARTIFACT must be one of auto, avx2, avx512-vnni, got 'vnni'"):
+        select_default_model(features=VNNI)
+
+
+def test_a_missing_vnni_artifact_asked_for_by_name_is_an_error(packaged, monkeypatch):
+    from rewardrt.runtime.api import select_default_model
+
+    monkeypatch.setenv("REWARDRT_DEFAULT_ARTIFACT", "avx512-vnni")
+    with pytest.raises(FileNotFoundError, match="REWARDRT_DEFAULT_ARTIFACT=avx512-vnni .* does not carry; use one of avx2 or auto"):
+        select_default_model(features=VNNI)
+
+
+def test_reward_model_loads_the_selected_default_and_pickles_the_choice_not_the_file(packaged, monkeypatch):
+    import pickle
+
+    import rewardrt.runtime.api as api
+
+    folder, add_vnni = packaged
+    add_vnni()
+    monkeypatch.setattr(api, "cpu_features", lambda: VNNI)
+    model = RewardModel(threads=1)
+    assert model.path == folder / "model.vnni.int8.onnx" and model.spec.precision == "fp32"
+    monkeypatch.setattr(api, "cpu_features", lambda: AVX2)
+    again = pickle.loads(pickle.dumps(model))  # path None travels: the receiving CPU selects again
+    assert again.path == folder / "model.int8.onnx" and again.spec.precision == "int8"
+    monkeypatch.setattr(api, "cpu_features", lambda: VNNI)
+    monkeypatch.setenv("REWARDRT_DEFAULT_ARTIFACT", "avx2")
+    assert RewardModel(threads=1).path == folder / "model.int8.onnx"
