@@ -203,7 +203,17 @@ def _ct2_model(ckpt: Path, dst: Path) -> dict:
 
     t0 = time.time()
     tmp = dst.with_name(dst.name + ".tmp")
-    TransformersConverter(str(ckpt)).convert(str(tmp), quantization="int8", force=True)
+    config = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    source = ckpt
+    if "position_embedding_type" not in config:  # newer transformers leave the default out; the converter reads it
+        source = dst.with_name(dst.name + ".src")
+        source.mkdir(exist_ok=True)
+        for f in ckpt.iterdir():
+            if f.is_file() and f.name != "config.json" and not (source / f.name).exists():
+                (source / f.name).symlink_to(f.resolve())
+        (source / "config.json").write_text(json.dumps({**config, "position_embedding_type": "absolute"}),
+                                            encoding="utf-8")
+    TransformersConverter(str(source)).convert(str(tmp), quantization="int8", force=True)
     files = locate(ckpt)
     if files.head.suffix == ".pt":
         head = torch.load(files.head, map_location="cpu", weights_only=True)
@@ -288,7 +298,11 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None
     if CT2 not in skipped:
         tick("CTranslate2 conversion")
         paths[CT2] = folder / "ct2-int8"
-        exports[CT2] = _ct2_model(choice.path, paths[CT2])
+        try:
+            exports[CT2] = _ct2_model(choice.path, paths[CT2])
+        except Exception as exc:  # the converter's own errors (e.g. a config it does not know)
+            log.warning("CTranslate2 conversion failed: %s", exc)
+            skipped[CT2] = f"its TransformersConverter failed on this checkpoint: {type(exc).__name__}: {exc}"
 
     specs: dict[str, EngineSpec] = {}
     model_files: dict[str, list[str]] = {}

@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass
 
 REFERENCE = "torch-ref"
 HOST_INT8 = "rewardrt-int8-host"  # what `rewardrt export --precision int8` gives on the bench's CPU
+OPENVINO = "openvino-fp32"
+CT2 = "ct2-int8"
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     name: str
     label: str
-    kind: str                        # torch | torch-dynq | ort-plain | rewardrt
+    kind: str                        # torch | torch-dynq | ort-plain | rewardrt | openvino | ctranslate2
     needs: tuple[str, ...]           # distributions a user installs to score with it
     how: str                         # one line for the report
 
@@ -47,7 +49,18 @@ ENGINES: tuple[EngineInfo, ...] = (
     EngineInfo(HOST_INT8, "rewardrt INT8, exported here", "rewardrt", ("rewardrt",),
                "rewardrt.RewardModel on `rewardrt export --precision int8` of the checkpoint with "
                "default settings on this CPU (activation bits auto: 8 with VNNI, else 7)"),
+    EngineInfo(OPENVINO, "OpenVINO fp32 (plain export)", "openvino", ("openvino", "tokenizers", "numpy"),
+               "the plain traced graph (as ONNX Runtime fp32) compiled by OpenVINO for the CPU with its "
+               "default settings (its own precision hint: bf16 where the CPU has it); batches of 64 in "
+               "input order padded to the longest"),
+    EngineInfo(CT2, "CTranslate2 INT8", "ctranslate2", ("ctranslate2", "tokenizers", "numpy"),
+               "the encoder converted by ctranslate2's TransformersConverter (quantization int8) and run "
+               "by ctranslate2.Encoder (compute type int8); masked mean⊕max pooling, head and clamp in "
+               "numpy; batches of 64 in input order"),
 )
+# Peers that need a wheel the bench's extra does not install: measured where it imports, else
+# skipped with the reason (rewardrt.bench.engines.unavailable).
+OPTIONAL = {OPENVINO: "openvino", CT2: "ctranslate2"}
 BY_NAME = {e.name: e for e in ENGINES}
 
 
@@ -57,8 +70,8 @@ class EngineSpec:
 
     name: str
     kind: str
-    model: str                       # checkpoint folder (torch kinds) or .onnx file
-    tokenizer: str = ""              # tokenizer.json (ort-plain only)
+    model: str                       # checkpoint folder (torch kinds), .onnx file, or ctranslate2 model folder
+    tokenizer: str = ""              # tokenizer.json (ort-plain, openvino, ctranslate2)
     max_length: int = 512
 
     def to_dict(self) -> dict:
@@ -125,17 +138,14 @@ class PlainOrtEngine(LoadedEngine):
         self.set_threads(threads)
 
     def set_threads(self, threads: int) -> None:
-        import onnxruntime as ort
+        from rewardrt.runtime.session import make_session
 
         if threads == self.threads:
             return
         self.threads = threads
         self.session = None
         gc.collect()  # drop the old session first, so peak RSS never holds two
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(self.spec.model, sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = make_session(self.spec.model, threads)  # rewardrt's own options, for a fair race
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def batch_score(self, references, responses, batch_size):
@@ -175,6 +185,102 @@ class RewardrtEngine(LoadedEngine):
         return self.model.batch_score(list(responses), list(references), batch_size=batch_size)
 
 
+def unavailable(name: str) -> str | None:
+    """Why an optional peer engine cannot run here (its wheel does not import), or None."""
+    import importlib
+
+    module = OPTIONAL.get(name)
+    if module is None:
+        return None
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # an ImportError, or a wheel built for another CPU or Python
+        return f"{module} does not import ({type(exc).__name__}: {exc}); pip install '.[bench-peers]'"
+    return None
+
+
+class _PaddedBatches(LoadedEngine):
+    """Engines fed the runtime's token ids, batches in input order padded to the longest."""
+
+    def __init__(self, spec: EngineSpec, threads: int) -> None:
+        from pathlib import Path
+
+        from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer
+
+        self.spec = spec
+        self.encoder = PairEncoder(load_tokenizer(Path(spec.tokenizer).read_text(encoding="utf-8"), spec.tokenizer),
+                                   spec.max_length)
+        self.set_threads(threads)
+
+    def forward(self, input_ids, mask) -> list[float]:
+        raise NotImplementedError
+
+    def batch_score(self, references, responses, batch_size):
+        from rewardrt.runtime.tokenizer import pad
+
+        references, responses = list(references), list(responses)
+        out: list[float] = []
+        for start in range(0, len(references), batch_size):
+            ids, mask = pad(self.encoder(references[start : start + batch_size],
+                                         responses[start : start + batch_size])[0])
+            out.extend(self.forward(ids, mask))
+        return out
+
+
+class OpenVinoEngine(_PaddedBatches):
+    """The plain traced ONNX graph compiled by OpenVINO (latency hint, ``threads`` inference threads)."""
+
+    def set_threads(self, threads: int) -> None:
+        import openvino as ov
+
+        if threads == self.threads:
+            return
+        self.threads = threads
+        self.compiled = None
+        gc.collect()
+        core = ov.Core()
+        self.compiled = core.compile_model(self.spec.model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def forward(self, input_ids, mask):
+        result = self.request.infer({"input_ids": input_ids, "attention_mask": mask})
+        return [float(v) for v in result[self.compiled.output("score")]]
+
+
+class CTranslate2Engine(_PaddedBatches):
+    """ctranslate2.Encoder (int8) for the encoder; pooling, head and clamp as the reference does them."""
+
+    def set_threads(self, threads: int) -> None:
+        from pathlib import Path
+
+        import ctranslate2
+        import numpy as np
+
+        if threads == self.threads:
+            return
+        self.threads = threads
+        self.encoder_ct2 = None
+        gc.collect()
+        self.encoder_ct2 = ctranslate2.Encoder(self.spec.model, device="cpu", compute_type="int8",
+                                               intra_threads=threads, inter_threads=1)
+        head = np.load(Path(self.spec.model) / "head.npz")
+        self.w, self.b = head["weight"].astype(np.float32), head["bias"].astype(np.float32)
+
+    def forward(self, input_ids, mask):
+        import numpy as np
+
+        lengths = mask.sum(axis=1)
+        rows = [list(map(int, r[:n])) for r, n in zip(input_ids, lengths)]
+        out = self.encoder_ct2.forward_batch(rows)
+        hidden = np.asarray(out.last_hidden_state, dtype=np.float32)[:, : mask.shape[1]]
+        m = mask[:, : hidden.shape[1], None].astype(np.float32)
+        mean = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        mx = np.where(m > 0, hidden, -np.inf).max(axis=1)
+        raw = np.concatenate([mean, mx], axis=-1) @ self.w.T + self.b
+        return [float(v) for v in np.clip(raw[:, 0], 0.0, 1.0)]
+
+
 def load(spec: EngineSpec, threads: int) -> LoadedEngine:
     if spec.kind in ("torch", "torch-dynq"):
         return TorchEngine(spec, threads)
@@ -182,4 +288,9 @@ def load(spec: EngineSpec, threads: int) -> LoadedEngine:
         return PlainOrtEngine(spec, threads)
     if spec.kind == "rewardrt":
         return RewardrtEngine(spec, threads)
-    raise ValueError(f"engine kind must be torch, torch-dynq, ort-plain or rewardrt, got {spec.kind!r}")
+    if spec.kind == "openvino":
+        return OpenVinoEngine(spec, threads)
+    if spec.kind == "ctranslate2":
+        return CTranslate2Engine(spec, threads)
+    raise ValueError(f"engine kind must be torch, torch-dynq, ort-plain, rewardrt, openvino or ctranslate2, "
+                     f"got {spec.kind!r}")

@@ -97,6 +97,17 @@ def breakdown(trace: list[dict], skip_runs: int = 0) -> dict:
                          "gop_per_call": gemm["ops"] / calls / 1e9}}
 
 
+def graph_nodes(path: str | Path) -> dict:
+    """Nodes of the artifact's graph as written: {"graph_nodes": total, "graph_ops": op type -> count}
+    (onnxruntime's own fusions at load may run fewer: the profile's nodes per call)."""
+    from collections import Counter
+
+    import onnx
+
+    counts = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {"graph_nodes": sum(counts.values()), "graph_ops": dict(counts.most_common())}
+
+
 def profile_artifact(path: str | Path, refs: Sequence[str], resps: Sequence[str], threads: int,
                      single_calls: int = 16, batch: int = 32, batch_calls: int = 2,
                      tokens: tuple[int, int] = (20, 80), warmup: int = 2) -> dict:
@@ -117,7 +128,8 @@ def profile_artifact(path: str | Path, refs: Sequence[str], resps: Sequence[str]
     pool = (ordinary * (need // len(ordinary) + 1))[:need]
     cases = {"batch 1": [pad([x]) for x in ordinary[:single_calls]],
              f"batch {batch}": [pad(pool[i : i + batch]) for i in range(0, need, batch)]}
-    out: dict = {"threads": threads, "warmup_calls": warmup, "token_window": list(tokens), "cases": {}}
+    out: dict = {"threads": threads, "warmup_calls": warmup, "token_window": list(tokens), "cases": {},
+                 **graph_nodes(path)}
     with tempfile.TemporaryDirectory(prefix="rewardrt-profile-") as tmp:
         for name, feeds in cases.items():
             opts = session_options(threads)

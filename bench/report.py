@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rewardrt.bench.engines import BY_NAME, HOST_INT8, REFERENCE
+from rewardrt.bench.engines import BY_NAME, CT2, HOST_INT8, OPENVINO, REFERENCE
 
 PLOTS = {"latency": "latency.png", "throughput": "throughput.png", "fidelity": "fidelity.png"}
 MB = 1e6
@@ -29,6 +29,43 @@ def _label(engine: str) -> str:
     return BY_NAME[engine].label if engine in BY_NAME else engine
 
 
+OVER_BUDGET_MARK = " ✗"  # after the label of an engine whose fidelity is outside rewardrt's budget
+
+
+def over_budget(results: dict) -> dict[str, list[str]]:
+    """Engine -> what of rewardrt's INT8 fidelity budget (the export gate's default
+    ``FidelityBudget``: mean |Δ| ≤ 0.01, max |Δ| ≤ 0.05, Spearman ≥ 0.995, ≥ 99% same side of 0.5)
+    its scores on the bench's fidelity pairs break; engines inside it are left out."""
+    from rewardrt.export.config import FidelityBudget
+    from rewardrt.runtime.metrics import Fidelity
+
+    budget = FidelityBudget()
+    out = {}
+    for row in results.get("fidelity", []):
+        spearman = row["spearman"] if row["spearman"] is not None else float("nan")
+        fails = budget.failures(Fidelity(row["n"], row["max_abs_diff"], row["mean_abs_diff"], spearman,
+                                         row["agreement_at_half"]))
+        if fails:
+            out[row["engine"]] = fails
+    return out
+
+
+def _marked(engine: str, over: dict[str, list[str]]) -> str:
+    return _label(engine) + (OVER_BUDGET_MARK if engine in over else "")
+
+
+def budget_note(results: dict) -> list[str]:
+    over = over_budget(results)
+    lines = []
+    if over:
+        lines += [f"{OVER_BUDGET_MARK.strip()} outside rewardrt's fidelity budget on the bench's fidelity pairs "
+                  "(mean |Δ| ≤ 0.01, max |Δ| ≤ 0.05, Spearman ≥ 0.995, ≥ 99% on the same side of 0.5): "
+                  + "; ".join(f"{_label(e)}: {', '.join(f)}" for e, f in over.items()) + ".", ""]
+    for engine, why in (results.get("skipped_engines") or {}).items():
+        lines += [f"Not measured: {_label(engine)} ({why}).", ""]
+    return lines
+
+
 def summary_table(results: dict) -> list[str]:
     """Engines x headline ratios: the table we quote."""
     threads = results["conditions"]["threads"]
@@ -40,19 +77,21 @@ def summary_table(results: dict) -> list[str]:
     for t in threads:
         head += [f"batch-1 dev pairs, {t}t" if dev else f"latency {tokens} tok, {t}t",
                  f"throughput b{batch}, {t}t", f"RL mixed, {t}t"]
-    head += ["cold start", "peak RSS", "installed", "model file"]
+    head += ["cold start", "peak RSS", "installed", "model file", "fidelity"]
+    over = over_budget(results)
     rows = []
     for engine in results["engines"]:
         r = results["ratios"][engine]
-        cells = [_label(engine)]
+        cells = [_marked(engine, over)]
         for t in threads:
             latency = r.get(f"latency_dev_speedup_{t}t") if dev else r.get(f"latency_speedup_{tokens}tok_{t}t")
             cells += [_x(latency), _x(r.get(f"throughput_speedup_b{batch}_{t}t")),
                       _x(r.get(f"rl_speedup_{t}t"))]
         cells += [_x(r.get("cold_start_speedup")), _pct(r.get("peak_rss_fraction")),
-                  _pct(r.get("installed_size_fraction")), _pct(r.get("model_file_fraction"))]
+                  _pct(r.get("installed_size_fraction")), _pct(r.get("model_file_fraction")),
+                  "reference" if engine == REFERENCE else ("over budget" if engine in over else "in budget")]
         rows.append(cells)
-    return _table(head, rows)
+    return _table(head, rows) + budget_note(results)
 
 
 def markdown(results: dict) -> str:
@@ -83,6 +122,8 @@ def markdown(results: dict) -> str:
     lines += _table(["engine", "what runs", "model files"], [
         [_label(e), BY_NAME[e].how, ", ".join(Path(p).name for p in info["model_files"])]
         for e, info in results["engines"].items()])
+    lines += [f"Not measured: {_label(e)} ({why})." for e, why in (results.get("skipped_engines") or {}).items()]
+    lines += [""] if results.get("skipped_engines") else []
 
     lines += ["## Batch-1 latency", "", "One pair per call, `reference [SEP] response` of exactly N "
               "tokens; milliseconds over all calls of all rounds.", "", f"![latency]({PLOTS['latency']})", ""]
@@ -145,8 +186,9 @@ def markdown(results: dict) -> str:
     lines += profile_section(results)
     lines += ["## Fidelity against the reference", "",
               f"{w['fidelity']['pairs']} dev pairs, clamped scores.", "", f"![fidelity]({PLOTS['fidelity']})", ""]
+    over = over_budget(results)
     lines += _table(["engine", "pairs", "max abs Δ", "mean abs Δ", "Spearman", "agreement at 0.5"], [
-        [_label(r["engine"]), str(r["n"]), f"{r['max_abs_diff']:.4f}", f"{r['mean_abs_diff']:.4f}",
+        [_marked(r["engine"], over), str(r["n"]), f"{r['max_abs_diff']:.4f}", f"{r['mean_abs_diff']:.4f}",
          f"{r['spearman']:.4f}", f"{100 * r['agreement_at_half']:.1f}%"] for r in results["fidelity"]])
 
     swap_engines = list(dict.fromkeys(r["engine"] for r in results["swap"]))
@@ -213,8 +255,11 @@ def profile_section(results: dict) -> list[str]:
         cases = p["cases"]
         names = list(cases)
         desc = "; ".join(f"{n}: {c['calls']} calls, {c['padded_tokens']:.0f} padded tokens, "
-                         f"{c['run_ms']:.2f} ms per call of which {c['kernel_ms']:.2f} ms in kernels"
+                         f"{c['run_ms']:.2f} ms per call of which {c['kernel_ms']:.2f} ms in kernels, "
+                         f"{sum(o['nodes_per_call'] for o in c['ops']):g} nodes run per call"
                          for n, c in cases.items())
+        if p.get("graph_nodes"):
+            desc += f"; the graph as written has {p['graph_nodes']} nodes"
         lines += [f"{t} thread(s) — {desc}.", ""]
         head = ["op type"] + [f"{n} {col}" for n in names for col in ("share", "ms", "nodes")]
         lines += _table(head, _op_rows(cases, names))
@@ -254,13 +299,15 @@ def _figure(width: float, height: float, cols: int = 1):
 
 def plot_latency(results: dict, path: Path) -> None:
     threads = results["conditions"]["threads"]
+    over = over_budget(results)  # dotted lines, marked labels
     fig, axes = _figure(5.5 * len(threads), 4.2, len(threads))
     for ax, t in zip(axes, threads):
         for engine in results["engines"]:
             rows = sorted((r for r in results["latency"] if r["threads"] == t and r["engine"] == engine),
                           key=lambda r: r["tokens"])
-            ax.plot([r["tokens"] for r in rows], [r["p50_ms"] for r in rows], marker="o", label=_label(engine),
-                    linewidth=2.5 if engine == REFERENCE else 1.5)
+            ax.plot([r["tokens"] for r in rows], [r["p50_ms"] for r in rows], marker="o",
+                    label=_marked(engine, over), linewidth=2.5 if engine == REFERENCE else 1.5,
+                    linestyle=":" if engine in over else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(results["plan"]["lengths"], [str(n) for n in results["plan"]["lengths"]])
@@ -278,6 +325,7 @@ def plot_throughput(results: dict, path: Path) -> None:
     threads = results["conditions"]["threads"]
     engines = list(results["engines"])
     groups = [f"batch {b}" for b in results["plan"]["batches"]] + ["RL mixed"]
+    over = over_budget(results)  # hatched bars, marked labels
     fig, axes = _figure(6.5 * len(threads), 4.6, len(threads))
     width = 0.8 / len(engines)
     for ax, t in zip(axes, threads):
@@ -287,7 +335,7 @@ def plot_throughput(results: dict, path: Path) -> None:
                       for b in results["plan"]["batches"]]
             values.append(next(r["speedup"] for r in results["rl"] if r["threads"] == t and r["engine"] == engine))
             ax.bar([g + (i - (len(engines) - 1) / 2) * width for g in range(len(groups))], values, width,
-                   label=_label(engine))
+                   label=_marked(engine, over), hatch="//" if engine in over else None)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(groups)), groups)
         ax.set_ylabel("throughput speedup over the PyTorch reference")
@@ -302,7 +350,8 @@ def plot_fidelity(results: dict, scores: dict[str, list[float]], path: Path) -> 
     """Top: INT8 score against the reference's; bottom: their difference, magnified."""
     import numpy as np
 
-    int8 = [e for e in ("rewardrt-int8", HOST_INT8, "ort-int8", "torch-dynq") if e in scores]
+    int8 = [e for e in ("rewardrt-int8", HOST_INT8, "ort-int8", "torch-dynq", CT2, OPENVINO) if e in scores]
+    over = over_budget(results)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(int8), 8.0), layout="constrained")
@@ -314,16 +363,17 @@ def plot_fidelity(results: dict, scores: dict[str, list[float]], path: Path) -> 
         row = next(r for r in results["fidelity"] if r["engine"] == engine)
         top.scatter(ref, values, s=6, alpha=0.5)
         top.plot([0, 1], [0, 1], color="black", linewidth=0.8)
-        top.set_title(f"{_label(engine)}\nmean|Δ| {row['mean_abs_diff']:.4f}, Spearman {row['spearman']:.4f}",
-                      fontsize=9)
+        top.set_title(f"{_marked(engine, over)}\nmean|Δ| {row['mean_abs_diff']:.4f}, max|Δ| "
+                      f"{row['max_abs_diff']:.3f}, Spearman {row['spearman']:.4f}"
+                      + ("\noutside the fidelity budget" if engine in over else ""), fontsize=9)
         top.set_xlabel("PyTorch reference score")
-        top.set_ylabel("INT8 score")
+        top.set_ylabel("engine's score")
         top.set_xlim(-0.02, 1.02)
         top.set_ylim(-0.02, 1.02)
         bottom.scatter(ref, values - ref, s=6, alpha=0.5)
         bottom.axhline(0.0, color="black", linewidth=0.8)
         bottom.set_xlabel("PyTorch reference score")
-        bottom.set_ylabel("INT8 − reference")
+        bottom.set_ylabel("engine − reference")
         bottom.set_xlim(-0.02, 1.02)
     fig.savefig(path, dpi=110)
 

@@ -38,7 +38,7 @@ def _steps(plan: BenchPlan, threads: tuple[int, ...]) -> int:
 
 def _engine_table(prepared: artifacts.Prepared, loads: dict, stats: dict, exports: dict) -> dict:
     engines: dict[str, dict] = {}
-    for engine in ENGINES:
+    for engine in (e for e in ENGINES if e.name in prepared.specs):  # optional peers may be skipped
         files = prepared.model_files[engine.name]
         size = system.installed_size(engine.needs)
         engines[engine.name] = {
@@ -129,6 +129,7 @@ def run(cfg: BenchConfig) -> dict:
             "checkpoint": {**asdict(prepared.checkpoint), "path": str(prepared.checkpoint.path)},
             "workloads": workloads.info,
             "engines": _engine_table(prepared, loads, stats, prepared.exports),
+            "skipped_engines": dict(prepared.skipped),
             "latency": results.latency(records),
             "latency_dev": results.latency(records, "latency_dev"),
             "throughput": results.rates(records, "throughput", "batch"),

@@ -64,6 +64,7 @@ class ExportReport:
     layer_norms_expanded: int = 0       # fused layer norms written back as plain ops
     stage_seconds: dict[str, float] = field(default_factory=dict)
     target: str | None = None           # the CPU family an INT8 artifact is verified for
+    graph_nodes: int = 0                # nodes of the written graph (quantize.compact keeps them few)
 
     def describe(self) -> str:
         status = "PASS" if self.passed else "FAIL"
@@ -75,7 +76,7 @@ class ExportReport:
             "  fused: " + ", ".join(f"{k}={v}" for k, v in sorted(self.fused_ops.items()))
             + (f"; {self.layer_norms_expanded} layer norms written back as plain ops (faster on CPU)"
                if self.layer_norms_expanded else ""),
-            f"  size {self.file_bytes / 1e6:.1f} MB, {self.seconds:.0f} s"
+            f"  size {self.file_bytes / 1e6:.1f} MB, {self.graph_nodes} nodes, {self.seconds:.0f} s"
             + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in self.stage_seconds.items()) + ")"
                if self.stage_seconds else ""),
         ]
@@ -253,7 +254,7 @@ def _fp32_graph(job: _Job, work: Path) -> _Fp32Graph:
 
 
 def _report(job: _Job, output: Path, fp32: _Fp32Graph, verdict: Verdict, plan: QuantPlan | None, size: int,
-            rejected: list[dict]) -> ExportReport:
+            rejected: list[dict], nodes: int = 0) -> ExportReport:
     integer = plan is not None and sum(plan.counts.get(s, 0) for s in quantize.INTEGER_SCHEMES) > 0
     return ExportReport(
         output=str(output), precision=job.cfg.precision, fidelity=verdict.fidelity,
@@ -262,7 +263,7 @@ def _report(job: _Job, output: Path, fp32: _Fp32Graph, verdict: Verdict, plan: Q
         fused_ops=fp32.fused_ops, layer_norms_expanded=fp32.layer_norms_expanded, file_bytes=size,
         seconds=time.time() - job.started, rejected=list(rejected),
         activation_bits=plan.activation_bits if integer else None, stage_seconds=job.stages.seconds,
-        target=job.cfg.target if job.int8 else None)
+        target=job.cfg.target if job.int8 else None, graph_nodes=nodes)
 
 
 def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig | None = None) -> ExportReport:
@@ -311,7 +312,7 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         fid = {**verdict.fidelity.as_dict(), "max_raw_abs_diff": verdict.max_raw_abs_diff,
                "validation": job.held_out.description, "budget": budget_record(cfg.precision, cfg.budget)}
         size = _write(model, replace(spec, fidelity=fid), job.tokenizer_json, candidate)
-        result = _report(job, output, fp32, verdict, plan, size, rejected)
+        result = _report(job, output, fp32, verdict, plan, size, rejected, len(model.graph.node))
         os.replace(candidate, output)
         fsync_dir(output.parent)
     return result

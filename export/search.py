@@ -225,7 +225,9 @@ def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries:
     The calibration pairs come from the training file, where a trained model's scores sit further
     from 0.5 than on held-out pairs, so a plan can fit its search target and still flip too many
     held-out pairs; the gate then picks among these nested plans (at most ``retries`` more looks at
-    the held-out pairs)."""
+    the held-out pairs). A plan whose ``block`` MatMuls the search moved there from dequant
+    (``weight_only`` "dequant": the ``auto`` setting) ends the list with them back on dequant, one
+    look more."""
     integer = sorted((s for s, x in plan.items() if x in quantize.INTEGER_SCHEMES),
                      key=lambda s: (sensitivity.get(s, 0.0), s))
     leave = start_scheme if start_scheme != "fp32" or weight_only not in plan.values() else weight_only
@@ -236,4 +238,9 @@ def gate_fallbacks(plan: dict[str, str], sensitivity: dict[str, float], retries:
         if keep < last:
             out.append({**plan, **{s: leave for s in integer[keep:]}})
             last = keep
+    # ``block`` quantizes its activations too (int8 per block of each row), so when the search moved
+    # its leftovers there from dequant (weight_only "auto"), the last plan takes them back
+    final = out[-1] if out else plan
+    if retries and weight_only == "dequant" and "block" in final.values():
+        out.append({s: "dequant" if x == "block" else x for s, x in final.items()})
     return out

@@ -2,24 +2,16 @@
 padded width per group) into batches, run, restore input order.
 
 A pair's score is bit-identical whatever its batch neighbours, the batch size and the order of the
-inputs (for one artifact, one onnxruntime build and one machine). Two things used to move the last
-bit or two of a score (~1e-7) with graphs whose pooling reduced with ReduceSum:
-
-- the padded width: reductions over the sequence (attention softmax, mean/max pooling) summed in
-  a different order when a row was padded further;
-- a batch of one row: onnxruntime reduces a ``[1, L, H]`` tensor over ``L`` along another code path
-  than ``[B, L, H]`` with ``B > 1``.
-
-Graphs exported since the pooling sums with a MatMul (``spec.single_row_safe``) run the same kernels
-at any batch size, and pad tokens only append exact zeros to the ends of the sequence reductions,
-so a row's score does not depend on its padded width either (tests/test_determinism.py checks
-both): rows are still grouped by :func:`padded_width` (which bounds the padding of a batch), but
-each batch is padded to its longest row only, so a single pair runs at its own length. Older
-graphs pad every row to :func:`padded_width` of its own token count, and a batch that would hold
-one row runs with a copy of that row, whose output is dropped.
+inputs (for one artifact, one onnxruntime build and one machine). Every artifact's pooling sums
+with a MatMul (``spec.single_row_safe``, True for every export since c4c13a0 and every default model
+since v1; the runtime no longer reads it), so a graph runs the same kernels at any batch size, and
+pad tokens only append exact zeros to the ends of the sequence reductions, so a row's score does
+not depend on its padded width either (tests/test_determinism.py checks both). Rows are grouped by
+:func:`padded_width` (which bounds the padding of a batch), and each batch is padded to its
+longest row only, so a single pair runs at its own length.
 
 Every op of the exported graphs works per row (INT8 plans quantize activations per token, never per
-tensor), so with the above nothing else depends on the neighbours.
+tensor), so nothing else depends on the neighbours.
 """
 
 from __future__ import annotations
@@ -83,22 +75,20 @@ class Scorer:
         ``batch_size`` rows, ``max_batch_tokens`` padded tokens and ``MAX_ATTENTION_CELLS`` rows x
         width^2 each (at least one row); ``width`` is what the rows are padded to.
 
-        Graphs with ``spec.single_row_safe`` (a row's score does not depend on its padded width,
-        see the module doc): the rows of each padded width sorted by length and each batch padded
-        to its longest row, so a single pair runs at its own length and a batch pads less than the
-        width ladder. Older graphs: every row padded to its :func:`padded_width`."""
+        The rows of each padded width are sorted by length and each batch is padded to its longest
+        row (a row's score does not depend on its padded width, see the module doc), so a single
+        pair runs at its own length and a batch pads less than the width ladder."""
         widths = np.fromiter((padded_width(int(n), self.spec.max_length) for n in lengths),
                              dtype=np.int64, count=len(lengths))
         out = []
         for width in np.unique(widths):
             rows = np.flatnonzero(widths == width)
-            if self.spec.single_row_safe:
-                rows = rows[np.argsort(lengths[rows], kind="stable")]
+            rows = rows[np.argsort(lengths[rows], kind="stable")]
             per_batch = max(1, min(batch_size, self.max_batch_tokens // int(width),
                                    MAX_ATTENTION_CELLS // int(width) ** 2))
             for i in range(0, len(rows), per_batch):
                 chunk = rows[i:i + per_batch]
-                out.append((int(lengths[chunk].max()) if self.spec.single_row_safe else int(width), chunk))
+                out.append((int(lengths[chunk].max()), chunk))
         return out
 
     def run(self, references: Sequence[str], responses: Sequence[str], batch_size: int,
@@ -109,7 +99,7 @@ class Scorer:
         (token ids of a huge list are never all held at once); rows are grouped by padded width and
         cut into batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens.
         """
-        if len(references) == 1 and self.spec.single_row_safe:
+        if len(references) == 1:
             return self._score_one(references[0], responses[0], output)
         unique: dict[tuple[str, str], int] = {}
         slot = np.fromiter((unique.setdefault(p, len(unique)) for p in zip(references, responses)),
@@ -137,10 +127,7 @@ class Scorer:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         result = np.empty(len(ids), dtype=np.float32)
         for width, rows in self.batches(lengths, batch_size):
-            group = [ids[i] for i in rows]
-            if len(group) == 1 and not self.spec.single_row_safe:
-                group.append(group[0])  # B = 1 takes another reduction path; see the module doc
-            input_ids, mask = pad(group, width=width)
+            input_ids, mask = pad([ids[i] for i in rows], width=width)
             feed = {"input_ids": input_ids, "attention_mask": mask}
             (values,) = self.session.run([output], {name: feed[name] for name in self._inputs})
             result[rows] = values[: len(rows)]

@@ -33,6 +33,12 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Exported graphs are already fused offline; ENABLE_ALL adds the CPU layout passes on top.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No QDQ rewrites: a `dequant` MatMul's weights are one DequantizeLinear of int8 constants, to be
+    # folded into fp32 weights once at load (bit-identical to the older Cast·Mul·Reshape form, and a
+    # lower load peak); with QDQ rewrites on, onnxruntime would fuse it with the MatMul into a
+    # MatMulNBits that quantizes the activations (different scores). Nothing else in rewardrt's
+    # graphs is a QDQ pattern (their QuantizeLinear feeds MatMulIntegerToFloat).
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.log_severity_level = 3
     return opts
 

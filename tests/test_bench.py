@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from rewardrt.bench.config import QUICK, BenchConfig
-from rewardrt.bench.engines import ENGINES, HOST_INT8, REFERENCE
+from rewardrt.bench.engines import ENGINES, HOST_INT8, OPTIONAL, REFERENCE
 from rewardrt.cli import main as cli_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +28,10 @@ def quick_run(tiny_checkpoint, tmp_path_factory):
 
 def test_quick_bench_writes_json_md_and_plots(quick_run):
     res = json.loads((quick_run / "results.json").read_text(encoding="utf-8"))
-    names = [e.name for e in ENGINES]
+    # optional peers (OpenVINO, CTranslate2) are measured where their wheels work, else listed with the reason
+    assert set(res["skipped_engines"]) <= set(OPTIONAL)
+    assert all(isinstance(why, str) and why for why in res["skipped_engines"].values())
+    names = [e.name for e in ENGINES if e.name not in res["skipped_engines"]]
     assert list(res["engines"]) == names
     assert res["mode"] == "quick" and res["conditions"]["threads"] == [1, 2]
     assert res["conditions"]["cpu"]["flags"] and res["conditions"]["versions"]["onnxruntime"]
@@ -54,9 +57,14 @@ def test_quick_bench_writes_json_md_and_plots(quick_run):
 
     md = (quick_run / "results.md").read_text(encoding="utf-8")
     summary = md.split("## Ratios to the PyTorch reference", 1)[1].split("## ", 1)[0]
-    for engine in ENGINES:
-        line = next(line for line in summary.splitlines() if line.startswith(f"| {engine.label} |"))
+    for engine in (e for e in ENGINES if e.name in names):
+        line = next(line for line in summary.splitlines() if line.startswith(f"| {engine.label}"))
         assert line.count("×") >= 7 and "%" in line
+        # the fidelity column says whether the engine is inside rewardrt's budget, and the label is marked if not
+        assert line.rstrip(" |").endswith(("in budget", "over budget", "reference"))
+        assert (" ✗ |" in line) == line.rstrip(" |").endswith("over budget")
+    for engine, why in res["skipped_engines"].items():
+        assert why in summary
     for png in ("latency.png", "throughput.png", "fidelity.png"):
         assert (quick_run / png).read_bytes()[:8] == PNG_MAGIC
 
@@ -65,7 +73,8 @@ def test_rerun_reuses_cached_artifacts(quick_run, tiny_checkpoint):
     from rewardrt.bench.artifacts import prepare
 
     prepared = prepare(tiny_checkpoint, quick_run, QUICK, None)
-    assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8", HOST_INT8}
+    peers = {"ct2-int8"} - set(prepared.skipped)  # CTranslate2's conversion is cached too, where it runs
+    assert set(prepared.exports) == {"ort-fp32", "ort-int8", "rewardrt-fp32", "rewardrt-int8", HOST_INT8} | peers
     assert all(set(v) == {"cached"} for v in prepared.exports.values()), prepared.exports
     # the portable artifact has 7-bit codes; the one exported with this CPU's defaults follows the CPU
     from rewardrt.export.config import default_bits, host_target

@@ -95,4 +95,4 @@ def test_export_calibrates_and_gates_on_a_users_file(tiny_checkpoint, tmp_path):
                                                       activation_bits=7))
     assert report.passed
     fid = RewardModel(out).spec.fidelity
-    assert "mine.jsonl" in fid["validation"] and fid["n"] == 60 + 48
+    assert "mine.jsonl" in fid.validation and fid.n == 60 + 48

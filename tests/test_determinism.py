@@ -42,12 +42,8 @@ def test_padded_width_depends_on_own_length_only():
     assert WIDTH_LADDER[-1][1] == 512
 
 
-@pytest.mark.parametrize("single_row_safe", [True, False])
-def test_batches_bound_rows_tokens_and_attention(tiny_int8, single_row_safe):
-    import dataclasses
-
+def test_batches_bound_rows_tokens_and_attention(tiny_int8):
     scorer = RewardModel(tiny_int8[0], threads=1)._scorer
-    scorer.spec = dataclasses.replace(scorer.spec, single_row_safe=single_row_safe)
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(3, scorer.spec.max_length + 1, size=500), np.full(200, 10)])
     plan = scorer.batches(lengths, batch_size=64)
@@ -56,22 +52,37 @@ def test_batches_bound_rows_tokens_and_attention(tiny_int8, single_row_safe):
     for width, rows in plan:
         ladder = {padded_width(int(n), scorer.spec.max_length) for n in lengths[rows]}
         assert len(ladder) == 1  # one padded width per batch: it bounds the padding
-        # width-independent graphs: padded to the longest row; older ones: to the ladder width
-        assert width == (lengths[rows].max() if single_row_safe else ladder.pop())
+        # a row's score does not depend on its padded width: each batch is padded to its longest row
+        assert width == lengths[rows].max()
         assert len(rows) <= 64
         assert len(rows) == 1 or (len(rows) * width <= scorer.max_batch_tokens
                                   and len(rows) * width ** 2 <= MAX_ATTENTION_CELLS)
     by_width = {w: max(len(r) for ww, r in plan if ww == w) for w, _ in plan}
     if 512 in by_width:
         assert by_width[512] == 1  # a 512-token row's attention alone fills the budget
-    assert by_width[16 if not single_row_safe else 10] == 64  # short rows still fill the batch
+    assert by_width[10] == 64  # short rows still fill the batch
     padded = sum(len(r) * w for w, r in plan)
     ladder = sum(padded_width(int(n), scorer.spec.max_length) for n in lengths)
-    assert padded < ladder if single_row_safe else padded == ladder
+    assert padded < ladder
+
+
+def test_the_scorer_treats_every_artifact_as_single_row_safe(tiny_int8, pairs):
+    """Every artifact since v1 of the default model records single_row_safe=True; the scorer no longer
+    reads the field (it stays in the spec, the wire format): an artifact saying False is scored the
+    same way, bit for bit, a lone pair at its own length without a copy beside it."""
+    import dataclasses
+
+    model = RewardModel(tiny_int8[0], threads=1)
+    resps, refs = pairs
+    expected = model.batch_score(resps[:40], refs[:40])
+    model._scorer.spec = dataclasses.replace(model._scorer.spec, single_row_safe=False)
+    assert model.batch_score(resps[:40], refs[:40]) == expected
+    assert [model.score(a, b) for a, b in zip(resps[:5], refs[:5])] == expected[:5]
+    plan = model._scorer.batches(np.array([7, 30, 31]), batch_size=64)
+    assert [(w, r.tolist()) for w, r in plan] == [(7, [0]), (31, [1, 2])]
 
 
 def test_bit_identical_across_batches_sizes_and_orders(model, pairs):
-    assert model.spec.single_row_safe  # fresh exports run batches of one row as they are
     resps, refs = pairs
     alone = [model.score(a, b) for a, b in zip(resps, refs)]
     assert model.batch_score(resps, refs) == alone

@@ -133,7 +133,11 @@ def test_dequant_stores_int8_blocks_and_runs_fp32_on_the_dequantized_weights(tmp
     x = _activation(rng)
     (y,) = _run(model, x)
     assert np.abs(y - x @ dq).max() <= 1e-5 * np.abs(x @ dq).max()  # fp32 compute, activations untouched
-    # onnxruntime folds the constant Cast-Mul-Reshape into one fp32 weight when the session loads
+    (plain,) = _run(_graph({"a": dq}), x)
+    assert np.array_equal(y, plain)  # the folded weights are code x scale bit for bit (as Cast-Mul-Reshape was)
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "MatMul"]
+    # onnxruntime folds the constant blocked DequantizeLinear into one fp32 weight when the session
+    # loads (the session turns QDQ rewrites off: else DequantizeLinear + MatMul became a MatMulNBits)
     opts = session_options(threads=1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -353,19 +357,25 @@ def test_compact_fuses_sibling_gemms_and_shares_zero_points_bit_for_bit(outliers
     plan = QuantPlan({n: "token" for n in ("q", "k", "v", "o")}, smooth_alpha=0.5, outlier_channels=outliers)
     loose = apply_plan(model, plan, stats)
     tight = onnx.ModelProto.FromString(loose.SerializeToString())
-    assert compact(tight) == {"gemms_fused": 2, "zero_points_shared": 1}
+    assert compact(tight) == {"gemms_fused": 2, "zero_points_shared": 1, "scale_floors_dropped": 2}
     before = Counter(n.op_type for n in loose.graph.node)
     after = Counter(n.op_type for n in tight.graph.node)
     assert (before["MatMulIntegerToFloat"], after["MatMulIntegerToFloat"]) == (4, 2)
     assert after["Split"] == 1 and after["QuantizeLinear"] == before["QuantizeLinear"] - 1 == 3
     assert after["MatMul"] == (1 + 1 if outliers else 0)  # one fused outlier product per group
-    assert len(tight.graph.node) == len(loose.graph.node) - (8 if outliers else 4)
+    assert after["Max"] == before["Max"] - 2 == 0  # the row scales' 1e-12 floors
+    assert len(tight.graph.node) == len(loose.graph.node) - (10 if outliers else 6)
     onnx.checker.check_model(tight)
     (y0,) = _run(loose, x)
     (y1,) = _run(tight, x)
     assert np.array_equal(y0, y1)
     (one,) = _run(tight, x[2:3])
     assert np.array_equal(one, y1[2:3])  # still row-wise: a row ignores its batch neighbours
+    zero = x.copy()
+    zero[1, 2] = 0.0  # an all-zero row: its scale is 0 now that the floor is gone, its output still 0
+    (z0,) = _run(loose, zero)
+    (z1,) = _run(tight, zero)
+    assert np.array_equal(z0, z1) and np.isfinite(z1).all()
 
 
 def test_compact_leaves_a_graph_without_siblings_alone():
@@ -375,5 +385,37 @@ def test_compact_leaves_a_graph_without_siblings_alone():
     w = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
     model = apply_plan(_graph({"a": w}), QuantPlan({"a": "token"}))
     nodes = [n.SerializeToString() for n in model.graph.node]
-    assert compact(model) == {"gemms_fused": 0, "zero_points_shared": 0}
-    assert [n.SerializeToString() for n in model.graph.node] == nodes
+    assert compact(model)["gemms_fused"] == compact(model)["zero_points_shared"] == 0
+    assert [n.op_type for n in model.graph.node] == [n.op_type for n in map(onnx.NodeProto.FromString, nodes)
+                                                      if n.op_type != "Max"]
+
+
+def test_compacting_the_packaged_artifact_keeps_its_scores_bit_for_bit(dev_pairs):
+    """The packaged default's graph (written before compaction existed) compacted: its Q/K integer
+    GEMMs fused, one zero-point QuantizeLinear, no scale floors, and the same raw scores, ==."""
+    import tempfile
+    from collections import Counter
+    from pathlib import Path
+
+    from rewardrt import RewardModel
+    from rewardrt.export.quantize.compact import compact
+    from rewardrt.models import default_model_path
+    from rewardrt.runtime.integrity import seal_bytes
+
+    model = onnx.load(str(default_model_path()))
+    before = Counter(n.op_type for n in model.graph.node)
+    done = compact(model)
+    after = Counter(n.op_type for n in model.graph.node)
+    gemm_inputs = [n.input[0] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(gemm_inputs) == len(set(gemm_inputs)) == before["MatMulIntegerToFloat"] - done["gemms_fused"]
+    zero_points = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.name.endswith(".ZeroPoints")]
+    assert len(zero_points) <= 1 and after["Max"] == before["Max"] - done["scale_floors_dropped"]
+    assert sum(after.values()) < sum(before.values())
+    refs, resps = list(dev_pairs[0][:40]), list(dev_pairs[1][:40])
+    original = RewardModel(default_model_path(), threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "compacted.onnx"
+        path.write_bytes(seal_bytes(model.SerializeToString()))
+        tight = RewardModel(path, threads=1)
+        assert tight.raw_scores(resps, refs) == original.raw_scores(resps, refs)
+        assert [tight.score(a, b) for a, b in zip(resps[:8], refs[:8])] == original.batch_score(resps[:8], refs[:8])

@@ -32,6 +32,9 @@ VARIANTS: dict[str, dict] = {
     "no CPU arena": {"arena": False},
     "no memory pattern": {"mem_pattern": False},
     "no arena, no memory pattern": {"arena": False, "mem_pattern": False},
+    # initializers outside the arena (fewer bytes held after load) and no weight pre-packing
+    "initializers without arena": {"config": {"session.use_device_allocator_for_initializers": "1"}},
+    "no pre-packing": {"config": {"session.disable_prepacking": "1"}},
 }
 
 

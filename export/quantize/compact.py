@@ -12,10 +12,12 @@ fixed costs (packing the activation, row sums) once per call whatever its width.
   bit-identical (tests/test_quantize.py);
 - :func:`share_zero_points`: the blocked ``QuantizeLinear`` that sizes each activation's zero
   points like its row scales (``[batch, sequence, 1]``) is made once per zero-point value and
-  shared: every quantized activation of the encoder has that shape.
+  shared: every quantized activation of the encoder has that shape;
+- :func:`drop_scale_floors`: the ``Max`` that kept a row scale above 1e-12 goes (an all-zero row
+  still gives exactly 0, see there).
 
 Both are row-wise like everything else, so a pair's score still never depends on its batch.
-:func:`compact` runs both; ``quantize()`` calls it (``QuantPlan.compact``).
+:func:`compact` runs all three; ``quantize()`` calls it (``QuantPlan.compact``).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def fuse_sibling_gemms(model: onnx.ModelProto) -> int:
     for members in groups.values():
         if len(members) < 2:
             continue
-        ks = {tuple(inits[m["mm"].input[1]].dims)[0] for m in members}
+        ks = {inits[m["mm"].input[1]].dims[0] for m in members}
         if len(ks) != 1:
             continue
         first = members[0]["mm"]
@@ -190,6 +192,35 @@ def share_zero_points(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
+def drop_scale_floors(model: onnx.ModelProto) -> int:
+    """Remove the ``Max(row max, 1e-12)`` before each row scale (in place); returns how many.
+
+    The floor only guarded the division of an all-zero row: such a row's scale is now 0, its codes
+    whatever ``QuantizeLinear`` makes of 0/0, and the GEMM's finite result times the row scale 0 is
+    exactly the 0 that x·W is for that row (plus the one-sided shift's correction, as before). Every
+    other row gets the same scale, codes and output as before, bit for bit."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    rename: dict[str, str] = {}
+    keep: list[onnx.NodeProto] = []
+    for n in graph.node:
+        if n.op_type == "Max" and len(n.input) == 2 and n.name.endswith(".act.Max"):
+            floor = _scalar(inits, n.input[1])
+            if floor is not None and 0 < floor[1] <= 1e-12:
+                rename[n.output[0]] = n.input[0]
+                continue
+        keep.append(n)
+    if not rename:
+        return 0
+    for n in keep:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    replace_nodes(graph, keep)
+    return len(rename)
+
+
 def compact(model: onnx.ModelProto) -> dict[str, int]:
-    """Both rewrites above, in place: {"gemms_fused": ..., "zero_points_shared": ...}."""
-    return {"gemms_fused": fuse_sibling_gemms(model), "zero_points_shared": share_zero_points(model)}
+    """The rewrites above, in place: {"gemms_fused": ..., "zero_points_shared": ..., "scale_floors_dropped": ...}."""
+    return {"gemms_fused": fuse_sibling_gemms(model), "zero_points_shared": share_zero_points(model),
+            "scale_floors_dropped": drop_scale_floors(model)}

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rewardrt.export.quantize.compact import compact as compact_graph
 from rewardrt.export.quantize.activations import (
     ACTIVATION_BITS, CHAINS, GELU_FLOOR, GELU_OPS, activation_nodes,
 )
+from rewardrt.export.quantize.compact import compact as compact_graph
 from rewardrt.export.quantize.integer import fold_unshifts, integer_matmul_nodes, smoothing_factors
 from rewardrt.export.quantize.opset import QLINEAR_OPSET, raise_opset
 from rewardrt.export.quantize.sites import (
@@ -152,7 +152,8 @@ def apply_plan(model: onnx.ModelProto, plan: QuantPlan, stats: ActivationStats |
     if missing:
         raise ValueError(f"plan names MatMuls that are not in the graph: {sorted(missing)[:3]}")
     integer = [n for n in graph.node if n.name in sites and plan.schemes.get(n.name) in INTEGER_SCHEMES]
-    if integer and plan.chain == "qlinear":
+    dequant = any(plan.schemes.get(n) == "dequant" for n in sites)
+    if (integer and plan.chain == "qlinear") or dequant:  # blocked QuantizeLinear / DequantizeLinear
         raise_opset(model, QLINEAR_OPSET)
     weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in integer}
     groups: dict[Group, list[onnx.NodeProto]] = {}
@@ -193,7 +194,7 @@ def apply_plan(model: onnx.ModelProto, plan: QuantPlan, stats: ActivationStats |
                                                   shifts.get(g)))
         elif scheme == "dequant":
             w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            new_nodes.extend(dequant_matmul_nodes(node, w, graph, plan.block_size))
+            new_nodes.extend(dequant_matmul_nodes(node, w, graph, plan.block_size, opset >= QLINEAR_OPSET))
         else:
             if scheme == "block":
                 block_nodes.append(node.name)
