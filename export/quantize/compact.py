@@ -182,6 +182,12 @@ def share_zero_points(model: onnx.ModelProto) -> int:
                     continue
                 first[zp] = n.output[0]
         keep.append(n)
+    return _rewire(graph, keep, rename)
+
+
+def _rewire(graph: onnx.GraphProto, keep: list[onnx.NodeProto], rename: dict[str, str]) -> int:
+    """The graph's nodes become ``keep``, whose inputs named in ``rename`` now read its values (the
+    outputs of the dropped nodes replaced by what stands in for them); returns how many were dropped."""
     if not rename:
         return 0
     for n in keep:
@@ -210,14 +216,7 @@ def drop_scale_floors(model: onnx.ModelProto) -> int:
                 rename[n.output[0]] = n.input[0]
                 continue
         keep.append(n)
-    if not rename:
-        return 0
-    for n in keep:
-        for k, i in enumerate(n.input):
-            if i in rename:
-                n.input[k] = rename[i]
-    replace_nodes(graph, keep)
-    return len(rename)
+    return _rewire(graph, keep, rename)
 
 
 def compact(model: onnx.ModelProto) -> dict[str, int]:
