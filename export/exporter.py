@@ -155,10 +155,20 @@ def quantization_record(plan: QuantPlan, search: PlanSearch, cfg: ExportConfig, 
 def _plans(fused: onnx.ModelProto, cal: Calibration, cfg: ExportConfig, tokenizer_json: str, max_length: int,
            cache: dict, stages: Stages) -> Iterator[tuple[QuantPlan, PlanSearch]]:
     """The INT8 plans for the gate, in order; the next is only made if the gate rejected the last:
-    the plan stage's answer, then a fresh search if that was a kept start plan, then the fallbacks."""
+    the plan stage's answer; if that was a kept start plan with 8-bit codes, the same plan with 7;
+    then a fresh search if it was a kept start plan, then the fallbacks."""
     with stages("plan search"):
         search = search_plan(fused, cal, cfg, tokenizer_json, max_length, cache)
     yield search.plan, search
+    if search.start_plan_fits and search.plan.activation_bits == 8:
+        # a start plan recorded with 7-bit codes (the portable default's) can pass the gate at 7 bits
+        # where 8 flips a near-0.5 pair: every target allows 7, and a search costs minutes
+        log.warning("held-out gate rejected the start plan with 8-bit codes; trying it with 7")
+        with stages("plan search"):
+            seven = search_plan(fused, cal, replace(cfg, activation_bits=7), tokenizer_json, max_length, cache,
+                                start_only=True)
+        if seven is not None:
+            yield seven.plan, seven
     if search.start_plan_fits:
         log.warning("held-out gate rejected the start plan; searching")
         with stages("plan search"):

@@ -115,7 +115,7 @@ class _Trials:
 
 
 def search_plan(fp32: onnx.ModelProto, cal: Calibration, cfg: ExportConfig, tokenizer_json: str,
-                max_length: int, cache: dict | None = None) -> PlanSearch:
+                max_length: int, cache: dict | None = None, start_only: bool = False) -> PlanSearch | None:
     """The *plan* stage: ``cfg.start_plan`` if it names this graph's MatMuls and fits the search
     target, else the fastest per-MatMul plan whose calibration error stays inside it.
 
@@ -129,7 +129,8 @@ def search_plan(fp32: onnx.ModelProto, cal: Calibration, cfg: ExportConfig, toke
     default), and from an fp32 start the least sensitive of what is left take ``cfg.weight_only``.
     With ``weight_only="auto"`` and a VNNI target, what is left on dequant then moves to block,
     least sensitive first, as many as keep the plan inside the target (binary search; the rest
-    stays dequant). ``cfg`` must be resolved (:func:`~rewardrt.export.config.resolve_target`)."""
+    stays dequant). ``cfg`` must be resolved (:func:`~rewardrt.export.config.resolve_target`).
+    ``start_only``: check the start plan only; None instead of a search when it does not fit."""
     start = time.time()
     trials = _Trials(fp32, cal, cfg, tokenizer_json, max_length, {} if cache is None else cache)
     sites = [s.name for s in quantize.quantizable_matmuls(fp32)]
@@ -144,6 +145,8 @@ def search_plan(fp32: onnx.ModelProto, cal: Calibration, cfg: ExportConfig, toke
             return found(dict(cfg.start_plan), "start plan", start_plan_fits=True)
         log.info("the start plan %s; searching", "is over the search target" if set(cfg.start_plan) == set(sites)
                  else "names other MatMuls than this graph's")
+    if start_only:
+        return None
     # int8 weights everywhere if that fits (small file); otherwise fp32 where it does not
     weight_only = cfg.search_weight_only
     all_fit = trials.fits({s: weight_only for s in sites}, f"{weight_only}-all")

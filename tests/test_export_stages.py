@@ -125,3 +125,37 @@ def test_gate_passes_within_budget_and_raises_over_it(tiny_int8, tiny_fp32, tiny
     shifted = HeldOut(pairs, held.reference_raw + 1e-3, "shifted")
     with pytest.raises(FidelityError, match=r"raw max\|Δ\|"):
         gate(tiny_fp32[0], shifted, FidelityBudget(), "fp32")
+
+
+def test_a_start_plan_the_gate_rejects_at_8_bits_is_tried_at_7_before_a_search(fused, calibration, monkeypatch):
+    """The plans the gate sees, in order: the kept start plan at 8 bits, the same plan at 7 (when it
+    fits the search target at 7), then a search, then its fallbacks."""
+    from dataclasses import replace
+
+    from rewardrt.export import exporter, search
+    from rewardrt.export.config import resolve_target
+
+    model, tokenizer_json = fused
+    sites = [s.name for s in quantizable_matmuls(model)]
+    start = {s: ("token" if i % 2 else "dequant") for i, s in enumerate(sites)}
+    cfg = resolve_target(ExportConfig(target="avx512-vnni", start_plan=start))
+    wide = replace(cfg.budget, max_abs=1.0, max_mean_abs=1.0, min_spearman=-1.0, min_agreement=0.0)
+    cfg = replace(cfg, budget=wide)  # every plan fits the search target: the order is what is tested
+    calls = []
+    real = search.search_plan
+
+    def spy(fp32, cal, c, *args, **kw):
+        calls.append((c.bits, c.start_plan is not None, kw.get("start_only", False)))
+        return real(fp32, cal, c, *args, **kw)
+
+    monkeypatch.setattr(exporter, "search_plan", spy)
+    plans = exporter._plans(model, calibration, cfg, tokenizer_json, MAX_LENGTH, {}, exporter.Stages())
+    first, _ = next(plans)
+    second, how = next(plans)
+    assert (first.activation_bits, dict(first.schemes)) == (8, start)
+    assert (second.activation_bits, dict(second.schemes)) == (7, start) and how.start_plan_fits
+    third, _ = next(plans)  # the search (at the target's 8 bits)
+    assert third.activation_bits == 8
+    assert calls == [(8, True, False), (7, True, True), (8, False, False)]
+    other = replace(cfg, start_plan={"not/this/graph": "token"})
+    assert search.search_plan(model, calibration, other, tokenizer_json, MAX_LENGTH, start_only=True) is None
