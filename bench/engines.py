@@ -122,46 +122,6 @@ class TorchEngine(LoadedEngine):
         self.threads = threads
 
 
-class PlainOrtEngine(LoadedEngine):
-    """An ONNX graph exported by hand: tokenizers + a default CPU session, batches in input order."""
-
-    def __init__(self, spec: EngineSpec, threads: int) -> None:
-        from pathlib import Path
-
-        from rewardrt.runtime.tokenizer import PairEncoder, load_tokenizer
-
-        self.spec = spec
-        # the runtime's tokenization and truncation, so only the graph and session differ
-        self.encoder = PairEncoder(load_tokenizer(Path(spec.tokenizer).read_text(encoding="utf-8"), spec.tokenizer),
-                                   spec.max_length)
-        self.session = None
-        self.set_threads(threads)
-
-    def set_threads(self, threads: int) -> None:
-        from rewardrt.runtime.session import make_session
-
-        if threads == self.threads:
-            return
-        self.threads = threads
-        self.session = None
-        gc.collect()  # drop the old session first, so peak RSS never holds two
-        self.session = make_session(self.spec.model, threads)  # rewardrt's own options, for a fair race
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def batch_score(self, references, responses, batch_size):
-        from rewardrt.runtime.tokenizer import pad
-
-        references, responses = list(references), list(responses)
-        out: list[float] = []
-        for start in range(0, len(references), batch_size):
-            ids, mask = pad(self.encoder(references[start : start + batch_size],
-                                         responses[start : start + batch_size])[0])
-            feed = {"input_ids": ids, "attention_mask": mask}
-            (scores,) = self.session.run(["score"], {n: feed[n] for n in self.inputs})
-            out.extend(float(v) for v in scores)
-        return out
-
-
 class RewardrtEngine(LoadedEngine):
     def __init__(self, spec: EngineSpec, threads: int) -> None:
         self.spec = spec
@@ -200,7 +160,11 @@ def unavailable(name: str) -> str | None:
 
 
 class _PaddedBatches(LoadedEngine):
-    """Engines fed the runtime's token ids, batches in input order padded to the longest."""
+    """Engines fed the runtime's token ids and truncation (so only the graph and its executor
+    differ), batches in input order padded to the longest. A subclass loads its executor in
+    ``_load`` and names the attributes holding it in ``_handles``."""
+
+    _handles: tuple[str, ...] = ()
 
     def __init__(self, spec: EngineSpec, threads: int) -> None:
         from pathlib import Path
@@ -211,6 +175,18 @@ class _PaddedBatches(LoadedEngine):
         self.encoder = PairEncoder(load_tokenizer(Path(spec.tokenizer).read_text(encoding="utf-8"), spec.tokenizer),
                                    spec.max_length)
         self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        if threads == self.threads:
+            return
+        self.threads = threads
+        for name in self._handles:
+            setattr(self, name, None)
+        gc.collect()  # drop the old executor first, so peak RSS never holds two
+        self._load(threads)
+
+    def _load(self, threads: int) -> None:
+        raise NotImplementedError
 
     def forward(self, input_ids, mask) -> list[float]:
         raise NotImplementedError
@@ -227,19 +203,32 @@ class _PaddedBatches(LoadedEngine):
         return out
 
 
+class PlainOrtEngine(_PaddedBatches):
+    """An ONNX graph exported by hand, in a session with rewardrt's own options (a fair race)."""
+
+    _handles = ("session",)
+
+    def _load(self, threads: int) -> None:
+        from rewardrt.runtime.session import make_session
+
+        self.session = make_session(self.spec.model, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, input_ids, mask):
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        (scores,) = self.session.run(["score"], {n: feed[n] for n in self.inputs})
+        return [float(v) for v in scores]
+
+
 class OpenVinoEngine(_PaddedBatches):
     """The plain traced ONNX graph compiled by OpenVINO (latency hint, ``threads`` inference threads)."""
 
-    def set_threads(self, threads: int) -> None:
+    _handles = ("compiled", "request")
+
+    def _load(self, threads: int) -> None:
         import openvino as ov
 
-        if threads == self.threads:
-            return
-        self.threads = threads
-        self.compiled = None
-        gc.collect()
-        core = ov.Core()
-        self.compiled = core.compile_model(self.spec.model, "CPU", {
+        self.compiled = ov.Core().compile_model(self.spec.model, "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
 
@@ -251,17 +240,14 @@ class OpenVinoEngine(_PaddedBatches):
 class CTranslate2Engine(_PaddedBatches):
     """ctranslate2.Encoder (int8) for the encoder; pooling, head and clamp as the reference does them."""
 
-    def set_threads(self, threads: int) -> None:
+    _handles = ("encoder_ct2",)
+
+    def _load(self, threads: int) -> None:
         from pathlib import Path
 
         import ctranslate2
         import numpy as np
 
-        if threads == self.threads:
-            return
-        self.threads = threads
-        self.encoder_ct2 = None
-        gc.collect()
         self.encoder_ct2 = ctranslate2.Encoder(self.spec.model, device="cpu", compute_type="int8",
                                                intra_threads=threads, inter_threads=1)
         head = np.load(Path(self.spec.model) / "head.npz")

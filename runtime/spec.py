@@ -72,6 +72,21 @@ def _str_map(check) -> Any:
     return lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and check(x) for k, x in v.items())
 
 
+def _check_entries(record: Any, key: str, checks: Mapping[str, tuple[str, Any]],
+                   skip: Mapping[str, Any] | None = None) -> None:
+    """Each field of the frozen ``record`` against ``checks`` (an ArtifactError naming ``key.field``
+    otherwise; a field equal to its ``skip`` value is left alone); JSON lists become tuples."""
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if skip and f.name in skip and value == skip[f.name]:
+            continue
+        what, ok = checks[f.name]
+        if not ok(value):
+            raise ArtifactError(f"{key}.{f.name} must be {what}, got {value!r}")
+        if isinstance(value, list):
+            object.__setattr__(record, f.name, tuple(value))
+
+
 # what each entry must hold, in words (for the error) and as a check
 _CHECKS: dict[str, tuple[str, Any]] = {
     "plan": ("a non-empty object of MatMul name -> scheme name",
@@ -139,15 +154,7 @@ class QuantizationRecord:
     leftovers_to_block: str | None = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "target" and value == "":
-                continue
-            what, ok = _CHECKS[f.name]
-            if not ok(value):
-                raise ArtifactError(f"quantization.{f.name} must be {what}, got {value!r}")
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        _check_entries(self, "quantization", _CHECKS, skip={"target": ""})
         if not self.target:
             object.__setattr__(self, "target", implied_target(self.activation_bits))
         if self.activation_bits not in TARGET_BITS[self.target]:
@@ -208,10 +215,7 @@ class FidelityRecord:
     budget: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            what, ok = _FIDELITY_CHECKS[f.name]
-            if not ok(getattr(self, f.name)):
-                raise ArtifactError(f"fidelity.{f.name} must be {what}, got {getattr(self, f.name)!r}")
+        _check_entries(self, "fidelity", _FIDELITY_CHECKS)
 
     def to_wire(self) -> dict[str, Any]:
         return {f.name: _wire(getattr(self, f.name)) for f in fields(self)}
