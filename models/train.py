@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewardrt.export.quantize.activations import ACTIVATION_BITS
 from rewardrt.models import shortanswers
+from rewardrt.models.quantsim import simulated_int8
 
 from rewardrt.export.reference import RewardNet, encode_pairs, make_head
 from rewardrt.models.base import base_model_dir, unpinned, write_checkpoint
@@ -120,6 +122,13 @@ class Recipe:
                                        # (kinds left out: 1), e.g. more near-miss numbers, fractions, dates
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
+    # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
+    # per-token activation codes of quant_activation_bits and int8 weights (rewardrt.models.quantsim,
+    # the export's integer-GEMM path; same dropout masks) and adds quant_consistency x the mean
+    # squared gap between the two clamped scores, so the weights move where quantization moves the
+    # score least. 0: off (one forward a step, as before).
+    quant_consistency: float = 0.0
+    quant_activation_bits: int = 7
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
@@ -161,6 +170,12 @@ class Recipe:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or null, got {v!r}")
+        if isinstance(self.quant_consistency, bool) or not (isinstance(self.quant_consistency, (int, float))
+                                                             and self.quant_consistency >= 0):
+            raise ValueError(f"quant_consistency must be a number >= 0, got {self.quant_consistency!r}")
+        if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
+            raise ValueError(f"quant_activation_bits must be one of {ACTIVATION_BITS}, "
+                             f"got {self.quant_activation_bits!r}")
         if not 1 <= self.trainable_layers <= 6:
             raise ValueError(f"trainable_layers must be 1..6, got {self.trainable_layers}")
 
@@ -493,6 +508,21 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
+def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor,
+                   bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw head output of the batch, and the mean squared gap between its clamped score and the
+    score with the encoder on simulated INT8 (the same dropout masks: both passes start from one
+    random state)."""
+    seed = int(torch.randint(0, 2**62, ()).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        score, raw = net(ids, mask)
+    with torch.random.fork_rng(devices=[]), simulated_int8(net.encoder, bits):
+        torch.manual_seed(seed)
+        score_q, _ = net(ids, mask)
+    return raw, torch.nn.functional.mse_loss(score_q, score)
+
+
 def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None,
           data: str | Path | None = None) -> dict:
     """Train the recipe into ``out_dir``; relative data files are read from ``data`` (else
@@ -578,11 +608,16 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
 
     for epoch in range(r.stop_after_epochs or r.epochs):
         net.train()
-        running = 0.0
+        running = running_gap = 0.0
         examples = epoch_examples(pairs, epoch, r)
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
-            _, raw = net(ids, mask)
-            loss = torch.nn.functional.mse_loss(raw, target)
+            if r.quant_consistency:
+                raw, gap = _with_int8_gap(net, ids, mask, r.quant_activation_bits)
+                loss = torch.nn.functional.mse_loss(raw, target) + r.quant_consistency * gap
+                running_gap += gap.item()
+            else:
+                _, raw = net(ids, mask)
+                loss = torch.nn.functional.mse_loss(raw, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
@@ -591,9 +626,10 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
             step += 1
             running += loss.item()
             if (i + 1) % 100 == 0:
-                log.info("epoch %d step %d/%d loss %.4f elapsed %.0fs", epoch + 1, i + 1,
-                         steps_per_epoch, running / 100, time.time() - t0)
-                running = 0.0
+                log.info("epoch %d step %d/%d loss %.4f%s elapsed %.0fs", epoch + 1, i + 1, steps_per_epoch,
+                         running / 100, f" int8 gap {running_gap / 100:.2e}" if r.quant_consistency else "",
+                         time.time() - t0)
+                running = running_gap = 0.0
             if step == r.stop_after_steps:
                 break
             if r.eval_every_steps and step % r.eval_every_steps == 0 and 0 < i < steps_per_epoch - 1:

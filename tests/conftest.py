@@ -74,6 +74,24 @@ def tiny_reference(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def fused(tiny_checkpoint, tiny_reference, tmp_path_factory):
+    """The tiny checkpoint's fp32 graph as the INT8 export quantizes it (Q, K, V separate), and its
+    tokenizer JSON."""
+    from rewardrt.export import graph
+    from rewardrt.export.checkpoint import locate, read_config
+
+    files = locate(tiny_checkpoint)
+    arch = read_config(files)
+    work = tmp_path_factory.mktemp("stages")
+    graph.trace(tiny_reference.net, work / "traced.onnx")
+    graph.fuse(work / "traced.onnx", work / "fused.onnx", arch["num_attention_heads"], arch["hidden_size"],
+               arch["num_hidden_layers"], fuse_embeddings=False, separate_qkv=True)
+    model = graph.load(work / "fused.onnx")
+    graph.expand_layer_norms(model)
+    return model, files.tokenizer.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
 def dev_pairs():
     """(references, responses): every sixth held-out row of the bundled pair set (short answers,
     sentence pairs, worked solutions, long texts), which ships with the project."""

@@ -21,24 +21,6 @@ MAX_LENGTH = 512  # the torch reference fixture's: trials and reference must tru
 
 
 @pytest.fixture(scope="module")
-def fused(tiny_checkpoint, tiny_reference, tmp_path_factory):
-    """The tiny checkpoint's fp32 graph as the INT8 export quantizes it (Q, K, V separate), and its
-    tokenizer JSON."""
-    from rewardrt.export import graph
-    from rewardrt.export.checkpoint import locate, read_config
-
-    files = locate(tiny_checkpoint)
-    arch = read_config(files)
-    work = tmp_path_factory.mktemp("stages")
-    graph.trace(tiny_reference.net, work / "traced.onnx")
-    graph.fuse(work / "traced.onnx", work / "fused.onnx", arch["num_attention_heads"], arch["hidden_size"],
-               arch["num_hidden_layers"], fuse_embeddings=False, separate_qkv=True)
-    model = graph.load(work / "fused.onnx")
-    graph.expand_layer_norms(model)
-    return model, files.tokenizer.read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
 def calibration(fused, tiny_reference):
     model, tokenizer_json = fused
     return fit(model, calibration_pairs(load_pair_set(), 24), tiny_reference, tokenizer_json, MAX_LENGTH)

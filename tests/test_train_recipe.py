@@ -229,7 +229,8 @@ def test_selection_with_a_synonym_control_limit():
                                           ("hard_contradiction_repeats", -1), ("stop_after_steps", 0),
                                           ("stop_after_steps", "3"), ("stop_after_epochs", 0),
                                           ("short_positive_target", 1.2), ("short_negative_target", 0.5),
-                                          ("short_negative_target", -1.5)])
+                                          ("short_negative_target", -1.5), ("quant_consistency", -1),
+                                          ("quant_consistency", True), ("quant_activation_bits", 6)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
@@ -305,6 +306,29 @@ def test_a_run_can_start_from_an_earlier_checkpoint(tmp_path):
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
     assert not torch.equal(ha["1.weight"], torch.zeros_like(ha["1.weight"]))
     assert all(0.0 <= h["synonym_noticed"] <= 1.0 for h in summary["history"])
+
+
+def test_int8_consistency_runs_two_passes_with_the_same_dropout(tmp_path, monkeypatch):
+    """quant_consistency adds the gap to the simulated INT8 score: at learning rate 0 nothing moves,
+    and with the simulation switched off the two passes agree exactly (one dropout mask for both)."""
+    pytest.importorskip("transformers")
+    import contextlib
+
+    gaps = []
+    real = train._with_int8_gap
+
+    def spy(*args):
+        raw, gap = real(*args)
+        gaps.append(gap.item())
+        return raw, gap
+
+    monkeypatch.setattr(train, "_with_int8_gap", spy)
+    _tiny_run(tmp_path, "on", quant_consistency=10.0, quant_activation_bits=7)
+    assert len(gaps) == 2 and all(g > 0 for g in gaps)
+    gaps.clear()
+    monkeypatch.setattr(train, "simulated_int8", lambda encoder, bits: contextlib.nullcontext())
+    _tiny_run(tmp_path, "off", quant_consistency=10.0)
+    assert gaps == [0.0, 0.0]
 
 
 def test_init_from_must_share_the_base(tmp_path):
