@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from rewardrt.export.quantize.activations import ACTIVATION_BITS
-from rewardrt.models import shortanswers
-from rewardrt.models.quantsim import simulated_int8
-
 from rewardrt.export.reference import RewardNet, encode_pairs, make_head
+from rewardrt.models import shortanswers
 from rewardrt.models.base import base_model_dir, unpinned, write_checkpoint
 from rewardrt.models.edits import EDITS, WORD
 from rewardrt.models.evaluate import NOTICED_DROP, confound_rate, is_confound_pair, swap_probes
+from rewardrt.models.quantsim import simulated_int8
 from rewardrt.runtime.metrics import spearman, roc_auc
 
 log = logging.getLogger(__name__)
