@@ -135,12 +135,12 @@ def test_a_bad_record_in_a_file_names_the_file_and_the_key(tiny_int8, tmp_path):
 
 def test_the_record_writes_the_keys_it_read():
     """The JSON keys are the wire format: a record read from an artifact writes them back unchanged
-    (plus the target, which older artifacts lack)."""
+    (plus the target where an older artifact lacks it)."""
     model = RewardModel()
     meta = {p.key: p.value for p in __import__("onnx").load(str(model.path), load_external_data=False).metadata_props}
     wire = json.loads(meta["rewardrt.spec"])["quantization"]
     again = model.spec.quantization.to_wire()
-    assert {k: again[k] for k in wire} == wire and set(again) - set(wire) == {"target"}
+    assert {k: again[k] for k in wire} == wire and set(again) - set(wire) <= {"target"} and "target" in again
     assert json.loads(model.spec.to_json())["quantization"] == again
 
 
