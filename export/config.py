@@ -108,6 +108,10 @@ class ExportConfig:
     outlier_channels: int = 8              # input channels per MatMul that may stay fp32
     gptq: bool = True                      # error-compensating rounding of integer-GEMM weights
     block_size: int = 32
+    # the word-embedding table: "float16" (within 2^-11 of each entry; the scores move by < 1e-3) or
+    # "int8" (rows with one scale each: 11.7 MB less, but its rounding alone moved near-miss short
+    # answers by up to 0.04 on the default model, most of the budget, before any MatMul was quantized)
+    embedding_table: str = "float16"
     activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
     # the CPU family the artifact is verified for (see the presets above): "avx512-vnni", "avx2", or
     # "auto": the exporting CPU's, decided by the exporter when it runs (resolve_target)
@@ -184,6 +188,8 @@ class ExportConfig:
                              f"got {self.weight_only!r}")
         if not isinstance(self.gate_retries, int) or not 0 <= self.gate_retries <= 8:
             raise ValueError(f"gate_retries must be an int in [0, 8], got {self.gate_retries!r}")
+        if self.embedding_table not in quantize.EMBEDDING_TABLES:
+            raise ValueError(f"embedding_table must be one of {quantize.EMBEDDING_TABLES}, got {self.embedding_table!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size must be a power of two in [16, 256], got {self.block_size}")
 

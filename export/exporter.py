@@ -149,6 +149,7 @@ def quantization_record(plan: QuantPlan, search: PlanSearch, cfg: ExportConfig, 
         integer_schemes=cfg.integer_schemes, weight_only=cfg.weight_only,
         weight_scales="per output channel (token, token2) / per block (block, dequant)",
         int8_embedding_tables=tuple(quantize.int8_tables(model)),
+        float16_embedding_tables=tuple(quantize.float16_tables(model)),
         gate_rejected=tuple(rejected), **search.record_entries())
 
 

@@ -64,7 +64,8 @@ def base_plan(cfg: ExportConfig) -> QuantPlan:
         raise ValueError("target 'auto' is decided when the export runs; call resolve_target first")
     return QuantPlan({}, activation_bits=cfg.bits, block_size=cfg.block_size, chain=cfg.activation_chain,
                      one_sided_gelu=cfg.one_sided_gelu, smooth_alpha=cfg.smooth_alpha,
-                     outlier_channels=cfg.outlier_channels, gptq=cfg.gptq)
+                     outlier_channels=cfg.outlier_channels, gptq=cfg.gptq,
+                     embedding_table=cfg.embedding_table)
 
 
 def _trial_scores(model: onnx.ModelProto, spec: ArtifactSpec, encoder, pairs: Pairs,

@@ -138,7 +138,8 @@ def test_int8_within_budget_and_really_int8(tiny_int8, tiny_reference, dev_pairs
     assert leftovers == "not tried" or spec["quantization"]["target"] == "avx512-vnni"
     assert report.plan.get("token", 0) + report.plan.get("dequant", 0) + report.plan.get("block", 0) >= 1
     inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
-    assert any(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 30522 for t in inits.values())
+    tables = [name for name, t in inits.items() if t.data_type == onnx.TensorProto.FLOAT16 and t.dims[0] == 30522]
+    assert len(tables) == 1 and spec["quantization"]["float16_embedding_tables"] == [tables[0][: -len(".f16")]]
 
 
 def test_metadata_makes_the_file_self_contained(tiny_int8, tiny_checkpoint):

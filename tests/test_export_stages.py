@@ -5,9 +5,11 @@ written file against the torch reference on held-out pairs)."""
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 
 from rewardrt.export.config import ExportConfig, FidelityBudget
 from rewardrt.export.errors import FidelityError
@@ -65,7 +67,11 @@ def test_quantize_rewrites_a_copy_by_the_plan(fused, calibration):
     assert ops["MatMulIntegerToFloat"] + fused_away == 4 and ops["MatMul"] >= len(names) - 4
     assert _ops(quantize(model, plan, calibration.stats, {}, compact=False))["MatMulIntegerToFloat"] == 4
     assert sum(n.name.endswith((".WeightDequant", ".WeightCast")) for n in q.graph.node) == len(names) - 4
-    assert any(t.name.endswith(".q") and t.dims[0] == 30522 for t in q.graph.initializer)  # int8 embeddings
+    tables = {t.name: t.data_type for t in q.graph.initializer if t.dims and t.dims[0] == 30522}
+    assert list(tables.values()) == [TensorProto.FLOAT16]  # the word embeddings, float16 by default
+    q8 = quantize(model, replace(plan, embedding_table="int8"), calibration.stats, {})
+    assert [t.data_type for t in q8.graph.initializer if t.dims and t.dims[0] == 30522] == [
+        TensorProto.INT8, TensorProto.FLOAT]  # int8 rows and their scales
     assert plan.counts == {"token": 4, "dequant": len(names) - 4}
     assert QuantPlan(schemes).schemes == schemes and QuantPlan(schemes).schemes is not schemes
     with pytest.raises(TypeError, match="QuantPlan"):

@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rewardrt.export.quantize import (
-    ActivationStats, QuantPlan, activation_range, apply_plan, dequant_weights, residual_steps,
+    ActivationStats, QuantPlan, activation_range, apply_plan, dequant_weights, float16_tables, int8_tables,
+    quantize_embedding_tables, residual_steps,
 )
 from rewardrt.runtime.session import make_session, session_options
 
@@ -410,3 +411,41 @@ def test_the_packaged_artifact_is_written_in_the_current_compact_form():
     assert len(zero_points) <= 1
     plan = json.loads({p.key: p.value for p in model.metadata_props}["rewardrt.spec"])["quantization"]["plan"]
     assert before["DequantizeLinear"] == sum(1 for s in plan.values() if s == "dequant")
+
+
+def _embedding_graph(table: np.ndarray) -> onnx.ModelProto:
+    """ids [B, T] -> Gather(table, ids), the word-embedding lookup."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0, name="emb")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["B", "T", table.shape[1]])],
+        [numpy_helper.from_array(table, "table")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_embedding_tables_are_stored_as_float16_by_default_or_as_int8_rows():
+    rng = np.random.default_rng(5)
+    table = (rng.standard_normal((1200, 32)) * 0.05).astype(np.float32)
+    table[7, 3] = 0.9  # one large entry: int8 rows lose the rest of that row's precision
+    ids = rng.integers(0, 1200, (2, 9)).astype(np.int64)
+    ids[0, 0] = 7
+    rows = {}
+    for precision in ("float16", "int8"):
+        model = _embedding_graph(table)
+        assert quantize_embedding_tables(model, precision) == ["table"]
+        assert "table" not in {t.name for t in model.graph.initializer}  # only the stored form is kept
+        assert float16_tables(model) == (["table"] if precision == "float16" else [])
+        assert int8_tables(model) == (["table"] if precision == "int8" else [])
+        rows[precision] = make_session(model.SerializeToString(), threads=1).run(None, {"ids": ids})[0]
+    want = table[ids]
+    np.testing.assert_array_equal(rows["float16"], want.astype(np.float16).astype(np.float32))
+    scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+    np.testing.assert_allclose(rows["int8"], (np.rint(table / scale) * scale)[ids], rtol=0, atol=1e-7)
+    err16, err8 = np.abs(rows["float16"] - want).max(), np.abs(rows["int8"][0, 0] - want[0, 0]).max()
+    assert err16 < 1e-4 < err8  # the outlier row: int8 steps of 0.9/127 against float16's 2^-11 relative
+    small = _embedding_graph(table[:999])
+    assert quantize_embedding_tables(small) == [] and small.graph.node[0].op_type == "Gather"  # small tables stay
+    with pytest.raises(ValueError, match="embedding table precision"):
+        quantize_embedding_tables(_embedding_graph(table), "bf16")
+    with pytest.raises(ValueError, match="embedding_table"):
+        QuantPlan({}, embedding_table="int4")

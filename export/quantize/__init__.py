@@ -46,11 +46,13 @@ from rewardrt.export.quantize.plan import (
     INTEGER_SCHEMES, SCHEMES, WEIGHT_ONLY_SCHEMES, ActivationStats, QuantPlan, apply_plan, quantize,
 )
 from rewardrt.export.quantize.sites import MatMulSite, quantizable_matmuls
-from rewardrt.export.quantize.weights import dequant_weights, int8_tables, quantize_embedding_tables
+from rewardrt.export.quantize.weights import (
+    EMBEDDING_TABLES, dequant_weights, float16_tables, int8_tables, quantize_embedding_tables,
+)
 
 __all__ = [
-    "ACTIVATION_BITS", "CHAINS", "GELU_FLOOR", "GELU_OPS", "INTEGER_SCHEMES", "QLINEAR_OPSET", "SCHEMES",
+    "ACTIVATION_BITS", "CHAINS", "EMBEDDING_TABLES", "GELU_FLOOR", "GELU_OPS", "INTEGER_SCHEMES", "QLINEAR_OPSET", "SCHEMES",
     "WEIGHT_ONLY_SCHEMES", "ActivationStats", "MatMulSite", "QuantPlan", "activation_range", "apply_plan",
-    "dequant_weights", "gptq_int8", "int8_tables", "one_sided_range", "quantizable_matmuls", "quantize",
+    "dequant_weights", "float16_tables", "gptq_int8", "int8_tables", "one_sided_range", "quantizable_matmuls", "quantize",
     "quantize_embedding_tables", "raise_opset", "residual_steps", "smoothing_factors",
 ]

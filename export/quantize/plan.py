@@ -20,7 +20,9 @@ from rewardrt.export.quantize.opset import QLINEAR_OPSET, raise_opset
 from rewardrt.export.quantize.sites import (
     MS_DOMAIN, MatMulSite, add_const, opset_of, quantizable_matmuls, replace_nodes,
 )
-from rewardrt.export.quantize.weights import apply_block, dequant_matmul_nodes, quantize_embedding_tables
+from rewardrt.export.quantize.weights import (
+    EMBEDDING_TABLES, apply_block, dequant_matmul_nodes, quantize_embedding_tables,
+)
 from rewardrt.runtime.cpu import INTEGER_GEMM_SCHEMES as INTEGER_SCHEMES
 
 SCHEMES = ("fp32", "token", "token2", "block", "dequant")
@@ -40,7 +42,9 @@ class QuantPlan:
     ``smooth_alpha`` turns on SmoothQuant-style smoothing of ``token`` groups; up to
     ``outlier_channels`` input channels whose calibration max exceeds ``outlier_ratio`` x the median
     channel's stay fp32 (LLM.int8()-style decomposition), so they no longer set every token's scale;
-    ``gptq`` rounds integer-GEMM weights GPTQ-style against the calibration inputs."""
+    ``gptq`` rounds integer-GEMM weights GPTQ-style against the calibration inputs.
+    ``embedding_table``: how :func:`quantize` stores the word-embedding table (float16 or int8 rows,
+    see :func:`.weights.quantize_embedding_tables`)."""
 
     schemes: Mapping[str, str]
     activation_bits: int = 7
@@ -51,6 +55,7 @@ class QuantPlan:
     outlier_channels: int = 0
     outlier_ratio: float = 6.0
     gptq: bool = True
+    embedding_table: str = "float16"
 
     def __post_init__(self) -> None:
         if not isinstance(self.schemes, Mapping):
@@ -65,6 +70,8 @@ class QuantPlan:
             raise ValueError(f"chain must be one of {CHAINS}, got {self.chain!r}")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
+        if self.embedding_table not in EMBEDDING_TABLES:
+            raise ValueError(f"embedding_table must be one of {EMBEDDING_TABLES}, got {self.embedding_table!r}")
 
     def with_schemes(self, schemes: Mapping[str, str]) -> QuantPlan:
         """The same options on another MatMul -> scheme map (the plan search's trials)."""
@@ -210,11 +217,12 @@ def apply_plan(model: onnx.ModelProto, plan: QuantPlan, stats: ActivationStats |
 def quantize(fp32: onnx.ModelProto, plan: QuantPlan, stats: ActivationStats | None = None,
              cache: dict | None = None, compact: bool = True) -> onnx.ModelProto:
     """The export's *quantize* stage: ``fp32`` rewritten by ``plan`` (:func:`apply_plan`), with its
-    large embedding tables stored as int8 rows, then compacted (``compact``: sibling integer GEMMs
+    large embedding tables stored as ``plan.embedding_table`` says, then compacted (``compact``:
+    sibling integer GEMMs
     fused, zero points shared; the same values bit for bit with fewer nodes, see
     :mod:`.compact`). ``fp32`` is left as it was."""
     model = apply_plan(fp32, plan, stats, cache)
-    quantize_embedding_tables(model)
+    quantize_embedding_tables(model, plan.embedding_table)
     if compact:
         compact_graph(model)
     return model
