@@ -311,8 +311,8 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                     break
                 except FidelityError as exc:
                     verdict = exc.report
-                    log.warning("held-out gate rejected plan %s (%s)", plan.counts if plan else "fp32",
-                                "; ".join(verdict.failures))
+                    log.warning("held-out gate rejected plan %s (%s; largest on %s)", plan.counts if plan else "fp32",
+                                "; ".join(verdict.failures), verdict.worst)
                     rejected.append({"plan": plan.counts if plan else {}, "failures": list(verdict.failures)})
         else:
             rejected.pop()  # the last one is this failure's

@@ -32,6 +32,8 @@ class Verdict:
     fidelity: Fidelity
     max_raw_abs_diff: float
     failures: tuple[str, ...]
+    worst: str = ""   # the held-out pair with the largest clamped |Δ|, for the log
+
 
     @property
     def passed(self) -> bool:
@@ -40,6 +42,17 @@ class Verdict:
 
 def clamped_fidelity(ref_raw: np.ndarray, raw: np.ndarray) -> Fidelity:
     return fidelity(np.clip(ref_raw, 0, 1), np.clip(raw, 0, 1))
+
+
+def worst_pair(pairs: Pairs, ref: np.ndarray, got: np.ndarray, width: int = 60) -> str:
+    """The pair of ``pairs`` whose clamped scores differ most, as one line: the reference's start,
+    the response's end (where a short answer is), and both scores."""
+    ref, got = np.clip(ref, 0, 1), np.clip(got, 0, 1)
+    i = int(np.argmax(np.abs(got - ref)))
+    a, b = pairs.references[i], pairs.responses[i]
+    a = a if len(a) <= width else a[:width] + "…"
+    b = b if len(b) <= width else "…" + b[-width:]
+    return f"reference {a!r}, response {b!r}: torch {ref[i]:.3f}, artifact {got[i]:.3f}"
 
 
 def runtime_scores(path: Path, pairs: Pairs, threads: int | None) -> np.ndarray:
@@ -67,8 +80,8 @@ def gate(path: Path, held_out: HeldOut, budget: FidelityBudget, precision: str,
         failures = [] if raw_diff <= FP32_MAX_RAW_DIFF else [f"raw max|Δ| {raw_diff:.2e} > {FP32_MAX_RAW_DIFF}"]
     else:
         failures = budget.failures(fid)
-    verdict = Verdict(fid, raw_diff, tuple(failures))
+    verdict = Verdict(fid, raw_diff, tuple(failures), worst_pair(held_out.pairs, held_out.reference_raw, raw))
     if failures:
         raise FidelityError(f"{str(path)!r} is over its fidelity budget on {len(held_out.pairs)} held-out "
-                            f"pairs ({'; '.join(failures)})", verdict)
+                            f"pairs ({'; '.join(failures)}; largest on {verdict.worst})", verdict)
     return verdict

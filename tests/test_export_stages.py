@@ -14,7 +14,7 @@ from onnx import TensorProto
 from rewardrt.export.config import ExportConfig, FidelityBudget
 from rewardrt.export.errors import FidelityError
 from rewardrt.export.fit import fit, reference_raw
-from rewardrt.export.gate import HeldOut, gate
+from rewardrt.export.gate import HeldOut, gate, runtime_scores
 from rewardrt.export.pairs import calibration_pairs, load_pair_set, validation_pairs
 from rewardrt.export.quantize import QuantPlan, quantizable_matmuls, quantize
 from rewardrt.export.search import search_plan
@@ -109,6 +109,11 @@ def test_gate_passes_within_budget_and_raises_over_it(tiny_int8, tiny_fp32, tiny
     with pytest.raises(FidelityError, match="over its fidelity budget") as info:
         gate(tiny_int8[0], held, impossible, "int8")
     assert not info.value.report.passed and info.value.report.failures
+    worst = info.value.report.worst  # the pair that sets max|Δ|, named in the message
+    assert worst.startswith("reference ") and ", response " in worst and "largest on " + worst in str(info.value)
+    i = int(np.argmax(np.abs(np.clip(held.reference_raw, 0, 1)
+                             - np.clip(runtime_scores(tiny_int8[0], pairs, None), 0, 1))))
+    assert repr(pairs.responses[i][-60:])[1:-1] in worst
     assert gate(tiny_fp32[0], held, impossible, "fp32").max_raw_abs_diff <= 1e-4  # fp32: raw scores rule
     shifted = HeldOut(pairs, held.reference_raw + 1e-3, "shifted")
     with pytest.raises(FidelityError, match=r"raw max\|Δ\|"):
