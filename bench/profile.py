@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", dest="pairs_file", default=None, metavar="FILE.jsonl")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
-    if args.model is None:
-        from rewardrt.models import default_model_path
+    if args.model is None:  # what RewardModel() loads on this machine
+        from rewardrt.runtime.api import select_default_model
 
-        args.model = str(default_model_path())
+        args.model = str(select_default_model())
     rows = read_dev(args.pairs_file)
     threads = tuple(int(t) for t in args.threads.split(","))
     profiles = {str(t): profile_artifact(args.model, [r["a"] for r in rows], [r["b"] for r in rows], t,

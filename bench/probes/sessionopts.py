@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(sys.stdin.read()))))
         return 0
-    if args.model is None:
-        from rewardrt.models import default_model_path
+    if args.model is None:  # what RewardModel() loads on this machine
+        from rewardrt.runtime.api import select_default_model
 
-        args.model = str(default_model_path())
+        args.model = str(select_default_model())
     res = run(args.model, tuple(int(t) for t in args.threads.split(",")), args.rounds, args.pairs_file)
     print(f"{'variant':30} {'t':>2} {'cold s':>7} {'(ratio)':>7} {'b1 ms':>7} {'(ratio)':>7} "
           f"{'b64 ms':>8} {'(ratio)':>7} {'RSS MB':>7} {'(ratio)':>7}")
