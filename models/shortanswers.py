@@ -510,13 +510,13 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
 
 def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
                       weights: dict[str, float] | None = None,
-                      identity_share: float = 0.5) -> list[tuple[str, str, float]]:
+                      identity_share: float = 0.5, empty_share: float = 0.15) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive at ``positive``,
     every negative at ``negative``, and for a share of groups the exact match (reference,
     reference) and an exact match of one of its longer responses, at ``positive``."""
     rng = random.Random(seed + 1)
     out = []
-    for g in groups(TRAIN, per_kind, seed, weights=weights):
+    for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights):
         out += [(g.reference, p, positive) for p in g.positives]
         out += [(g.reference, x, negative) for x in g.negatives]
         if rng.random() < identity_share:

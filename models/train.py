@@ -119,6 +119,7 @@ class Recipe:
     short_negative_target: float = 0.0
     short_answer_kind_weights: dict = field(default_factory=dict)  # kind -> factor on short_answer_groups
                                        # (kinds left out: 1), e.g. more near-miss numbers, fractions, dates
+    short_answer_empty_share: float = 0.15  # share of groups given an empty/whitespace-only negative
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -128,6 +129,9 @@ class Recipe:
     # score least. 0: off (one forward a step, as before).
     quant_consistency: float = 0.0
     quant_activation_bits: int = 7
+    # ... plus quant_consistency_tail x the mean of the batch's TAIL_GAPS largest squared gaps: the
+    # export's gate is a max over pairs, set by a few steep ones a batch mean hardly sees
+    quant_consistency_tail: float = 0.0
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
@@ -169,9 +173,14 @@ class Recipe:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or null, got {v!r}")
-        if isinstance(self.quant_consistency, bool) or not (isinstance(self.quant_consistency, (int, float))
-                                                             and self.quant_consistency >= 0):
-            raise ValueError(f"quant_consistency must be a number >= 0, got {self.quant_consistency!r}")
+        for name in ("quant_consistency", "quant_consistency_tail"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if self.quant_consistency_tail and not self.quant_consistency:
+            raise ValueError("quant_consistency_tail needs quant_consistency > 0 (the simulated pass it weighs)")
+        if not 0 <= self.short_answer_empty_share <= 1 or isinstance(self.short_answer_empty_share, bool):
+            raise ValueError(f"short_answer_empty_share must be in [0, 1], got {self.short_answer_empty_share!r}")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
             raise ValueError(f"quant_activation_bits must be one of {ACTIVATION_BITS}, "
                              f"got {self.quant_activation_bits!r}")
@@ -275,7 +284,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     if r.short_answer_groups:
         short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
-                                               r.short_negative_target, r.short_answer_kind_weights)
+                                               r.short_negative_target, r.short_answer_kind_weights,
+                                               empty_share=r.short_answer_empty_share)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out
@@ -507,11 +517,14 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor,
-                   bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+TAIL_GAPS = 4
+
+
+def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor, bits: int,
+                   tail_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The raw head output of the batch, and the mean squared gap between its clamped score and the
     score with the encoder on simulated INT8 (the same dropout masks: both passes start from one
-    random state)."""
+    random state), plus ``tail_weight`` x the mean of its TAIL_GAPS largest squared gaps."""
     seed = int(torch.randint(0, 2**62, ()).item())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -519,7 +532,11 @@ def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor,
     with torch.random.fork_rng(devices=[]), simulated_int8(net.encoder, bits):
         torch.manual_seed(seed)
         score_q, _ = net(ids, mask)
-    return raw, torch.nn.functional.mse_loss(score_q, score)
+    squared = (score_q - score) ** 2
+    gap = squared.mean()
+    if tail_weight:
+        gap = gap + tail_weight * squared.flatten().topk(min(TAIL_GAPS, squared.numel())).values.mean()
+    return raw, gap
 
 
 def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None,
@@ -611,7 +628,8 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
         examples = epoch_examples(pairs, epoch, r)
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
             if r.quant_consistency:
-                raw, gap = _with_int8_gap(net, ids, mask, r.quant_activation_bits)
+                raw, gap = _with_int8_gap(net, ids, mask, r.quant_activation_bits,
+                                          r.quant_consistency_tail / r.quant_consistency)
                 loss = torch.nn.functional.mse_loss(raw, target) + r.quant_consistency * gap
                 running_gap += gap.item()
             else:

@@ -230,7 +230,9 @@ def test_selection_with_a_synonym_control_limit():
                                           ("stop_after_steps", "3"), ("stop_after_epochs", 0),
                                           ("short_positive_target", 1.2), ("short_negative_target", 0.5),
                                           ("short_negative_target", -1.5), ("quant_consistency", -1),
-                                          ("quant_consistency", True), ("quant_activation_bits", 6)])
+                                          ("quant_consistency", True), ("quant_activation_bits", 6),
+                                          ("quant_consistency_tail", -1), ("quant_consistency_tail", 1.0),
+                                          ("short_answer_empty_share", 1.5)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
@@ -314,6 +316,9 @@ def test_int8_consistency_runs_two_passes_with_the_same_dropout(tmp_path, monkey
     pytest.importorskip("transformers")
     import contextlib
 
+    import torch
+    from transformers import BertConfig, BertModel
+
     gaps = []
     real = train._with_int8_gap
 
@@ -321,6 +326,18 @@ def test_int8_consistency_runs_two_passes_with_the_same_dropout(tmp_path, monkey
         raw, gap = real(*args)
         gaps.append(gap.item())
         return raw, gap
+
+    # the tail term: + weight x the mean of the batch's TAIL_GAPS largest squared gaps
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                   intermediate_size=128)).eval()
+    net = train.RewardNet(encoder, train.make_head(32)).eval()  # no dropout: both calls see one pass
+    with torch.no_grad():
+        net.head[1].bias.fill_(0.5)
+    ids, mask = torch.randint(5, 90, (6, 7)), torch.ones(6, 7, dtype=torch.long)
+    _, mean_only = real(net, ids, mask, 7)
+    _, with_tail = real(net, ids, mask, 7, 2.0)
+    assert 0 < mean_only < with_tail <= mean_only * (1 + 2 * 6 / train.TAIL_GAPS) + 1e-12
 
     monkeypatch.setattr(train, "_with_int8_gap", spy)
     _tiny_run(tmp_path, "on", quant_consistency=10.0, quant_activation_bits=7)
