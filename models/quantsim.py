@@ -7,6 +7,10 @@ per row; one-sided after a GELU) and its weights per output channel (:mod:`rewar
 straight-through gradients, so a training step can see how far the quantized model's score is from
 the fp32 one and move the weights where that gap is small. Weights are rounded to nearest here; the
 export rounds them GPTQ-style, which errs less, so the simulation is the harder of the two.
+
+With a ``noise`` generator the codes are not rounded but moved by uniform noise of one code step
+(the error of *some* rounding of the same grid): a model cannot fit itself to one fixed rounding of
+its weights, which the export (GPTQ, blocks of 32, another bit width) does not reproduce anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
-def fake_quant_rows(x: torch.Tensor, bits: int, one_sided: bool = False) -> torch.Tensor:
+def _codes(v: torch.Tensor, noise: torch.Generator | None) -> torch.Tensor:
+    """``v`` (in code steps) rounded, or moved by uniform noise in [-0.5, 0.5) from ``noise``."""
+    if noise is None:
+        return torch.round(v)
+    return v + (torch.rand(v.shape, generator=noise, dtype=v.dtype) - 0.5)
+
+
+def fake_quant_rows(x: torch.Tensor, bits: int, one_sided: bool = False,
+                    noise: torch.Generator | None = None) -> torch.Tensor:
     """``x`` rounded to per-row codes as the export's activation chain makes them: ±qmax around the
     row's max |x|, or (``one_sided``, a GELU output) codes 0..2·qmax+1 of x + GELU_FLOOR."""
     qmax, _ = activation_range(bits)
@@ -34,17 +46,17 @@ def fake_quant_rows(x: torch.Tensor, bits: int, one_sided: bool = False) -> torc
         top = one_sided_range(bits)
         shifted = x + GELU_FLOOR
         scale = shifted.amax(-1, keepdim=True).clamp_min(1e-12) / top
-        rounded = torch.round(shifted / scale).clamp(0, top) * scale - GELU_FLOOR
+        rounded = _codes(shifted / scale, noise).clamp(0, top) * scale - GELU_FLOOR
     else:
         scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
-        rounded = torch.round(x / scale).clamp(-qmax, qmax) * scale
+        rounded = _codes(x / scale, noise).clamp(-qmax, qmax) * scale
     return _straight_through(x, rounded)
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+def fake_quant_weight(w: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
     """A Linear's weight [out, in] rounded to int8 codes per output channel (±127)."""
     scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-    return _straight_through(w, torch.round(w / scale).clamp(-127, 127) * scale)
+    return _straight_through(w, _codes(w / scale, noise).clamp(-127, 127) * scale)
 
 
 def encoder_linears(encoder: nn.Module) -> dict[str, nn.Linear]:
@@ -60,14 +72,18 @@ def reads_gelu(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def simulated_int8(encoder: nn.Module, bits: int = 7) -> Iterator[None]:
+def simulated_int8(encoder: nn.Module, bits: int = 7, noise_seed: int | None = None) -> Iterator[None]:
     """Within the block, the encoder's layer Linears compute on per-token ``bits``-bit activation
-    codes and per-channel int8 weights (straight-through gradients); restored on exit."""
+    codes and per-channel int8 weights (straight-through gradients); restored on exit.
+    ``noise_seed``: codes moved by uniform noise of one step instead of rounded, drawn from a
+    generator of their own (the global random state, and so dropout, is not touched)."""
     patched = []
+    noise = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
     try:
         for name, linear in encoder_linears(encoder).items():
             def forward(x: torch.Tensor, linear: nn.Linear = linear, one_sided: bool = reads_gelu(name)) -> torch.Tensor:
-                return F.linear(fake_quant_rows(x, bits, one_sided), fake_quant_weight(linear.weight), linear.bias)
+                return F.linear(fake_quant_rows(x, bits, one_sided, noise), fake_quant_weight(linear.weight, noise),
+                                linear.bias)
             linear.forward = forward
             patched.append(linear)
         yield

@@ -46,6 +46,10 @@ class DataError(ValueError):
     """Training data that is missing or malformed; the message names the file, line and field."""
 
 
+TAIL_GAPS = 4                          # the batch's largest gaps quant_consistency_tail weighs
+QUANT_SIMULATIONS = ("round", "noise")  # how quant_consistency simulates INT8 (Recipe.quant_simulation)
+
+
 @dataclass
 class Recipe:
     """Everything that decides the trained weights. Loaded from the model's recipe.json."""
@@ -132,6 +136,9 @@ class Recipe:
     # ... plus quant_consistency_tail x the mean of the batch's TAIL_GAPS largest squared gaps: the
     # export's gate is a max over pairs, set by a few steep ones a batch mean hardly sees
     quant_consistency_tail: float = 0.0
+    # "round": the simulation rounds to nearest (one fixed rounding of the weights, which training
+    # can fit itself to); "noise": codes moved by uniform noise of one step, a fresh draw each step
+    quant_simulation: str = "round"
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
@@ -177,6 +184,8 @@ class Recipe:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if self.quant_simulation not in QUANT_SIMULATIONS:
+            raise ValueError(f"quant_simulation must be one of {QUANT_SIMULATIONS}, got {self.quant_simulation!r}")
         if self.quant_consistency_tail and not self.quant_consistency:
             raise ValueError("quant_consistency_tail needs quant_consistency > 0 (the simulated pass it weighs)")
         if not 0 <= self.short_answer_empty_share <= 1 or isinstance(self.short_answer_empty_share, bool):
@@ -517,19 +526,19 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-TAIL_GAPS = 4
 
 
 def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor, bits: int,
-                   tail_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   tail_weight: float = 0.0, noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The raw head output of the batch, and the mean squared gap between its clamped score and the
     score with the encoder on simulated INT8 (the same dropout masks: both passes start from one
-    random state), plus ``tail_weight`` x the mean of its TAIL_GAPS largest squared gaps."""
+    random state), plus ``tail_weight`` x the mean of its TAIL_GAPS largest squared gaps. ``noise``:
+    the simulation draws code noise instead of rounding (:func:`simulated_int8`)."""
     seed = int(torch.randint(0, 2**62, ()).item())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         score, raw = net(ids, mask)
-    with torch.random.fork_rng(devices=[]), simulated_int8(net.encoder, bits):
+    with torch.random.fork_rng(devices=[]), simulated_int8(net.encoder, bits, seed + 1 if noise else None):
         torch.manual_seed(seed)
         score_q, _ = net(ids, mask)
     squared = (score_q - score) ** 2
@@ -629,7 +638,8 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
             if r.quant_consistency:
                 raw, gap = _with_int8_gap(net, ids, mask, r.quant_activation_bits,
-                                          r.quant_consistency_tail / r.quant_consistency)
+                                          r.quant_consistency_tail / r.quant_consistency,
+                                          r.quant_simulation == "noise")
                 loss = torch.nn.functional.mse_loss(raw, target) + r.quant_consistency * gap
                 running_gap += gap.item()
             else:

@@ -42,6 +42,24 @@ def test_weights_are_rounded_per_output_channel():
     assert torch.allclose(q / scale, (q / scale).round(), atol=1e-3)
 
 
+def test_noise_moves_codes_by_at_most_half_a_step_from_a_private_generator():
+    """The ``noise`` simulation: off-grid values within half a step of x (the error of some rounding),
+    one draw per generator state, and the global random state (dropout's) untouched."""
+    x = torch.randn(4, 6, 32) * 3
+    w = torch.randn(8, 32)
+    state = torch.random.get_rng_state()
+    q1 = fake_quant_rows(x, 7, noise=torch.Generator().manual_seed(3))
+    q2 = fake_quant_rows(x, 7, noise=torch.Generator().manual_seed(3))
+    qw = fake_quant_weight(w, noise=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    scale = x.abs().amax(-1, keepdim=True) / activation_range(7)[0]
+    codes = q1 / scale
+    assert torch.equal(q1, q2) and ((q1 - x).abs() <= scale / 2 + 1e-6).all()
+    assert (codes - codes.round()).abs().max() > 0.1  # not on the grid: noise, not rounding
+    assert ((qw - w).abs() <= w.abs().amax(1, keepdim=True) / 254 + 1e-7).all() and not torch.equal(qw, w)
+    assert not torch.equal(q1, fake_quant_rows(x, 7, noise=torch.Generator().manual_seed(5)))
+
+
 def test_the_block_patches_every_layer_linear_and_restores_them(tiny_reference):
     net = tiny_reference.net
     linears = encoder_linears(net.encoder)

@@ -232,7 +232,7 @@ def test_selection_with_a_synonym_control_limit():
                                           ("short_negative_target", -1.5), ("quant_consistency", -1),
                                           ("quant_consistency", True), ("quant_activation_bits", 6),
                                           ("quant_consistency_tail", -1), ("quant_consistency_tail", 1.0),
-                                          ("short_answer_empty_share", 1.5)])
+                                          ("short_answer_empty_share", 1.5), ("quant_simulation", "gauss")])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
@@ -343,7 +343,7 @@ def test_int8_consistency_runs_two_passes_with_the_same_dropout(tmp_path, monkey
     _tiny_run(tmp_path, "on", quant_consistency=10.0, quant_activation_bits=7)
     assert len(gaps) == 2 and all(g > 0 for g in gaps)
     gaps.clear()
-    monkeypatch.setattr(train, "simulated_int8", lambda encoder, bits: contextlib.nullcontext())
+    monkeypatch.setattr(train, "simulated_int8", lambda encoder, bits, noise_seed=None: contextlib.nullcontext())
     _tiny_run(tmp_path, "off", quant_consistency=10.0)
     assert gaps == [0.0, 0.0]
 
