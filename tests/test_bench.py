@@ -231,3 +231,18 @@ def test_full_bench_exports_with_the_cli_default_calibration():
     from rewardrt.export.config import ExportConfig
 
     assert FULL.export_calibration == ExportConfig.__dataclass_fields__["calibration_size"].default
+
+
+def test_planbound_exports_every_matmul_as_an_integer_gemm_and_times_both(tiny_checkpoint, tiny_int8, capsys):
+    """The all-integer upper-bound probe: every MatMul on ``token`` whatever its fidelity, the file
+    gone afterwards, and a batch-1 figure for both models (no timing asserted)."""
+    from rewardrt.bench.probes import planbound
+
+    code = planbound.main([str(tiny_checkpoint), "--target", "avx2", "--against", str(tiny_int8[0]),
+                           "--rounds", "2", "--pairs", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    plan = out.split("all-integer (avx2): ", 1)[1].split(",", 1)[0]
+    assert plan.startswith("{'token': ") and "dequant" not in plan and "fp32" not in plan
+    assert "max|Δ|=" in out and out.count("speed vs against") == 2
+    assert "against      batch-1 median" in out and "1.00x" in out.split("all-integer  batch-1")[0]
