@@ -98,3 +98,23 @@ def test_simulation_matches_the_exported_integer_gemms(fused, tiny_reference, bi
     quant_error = np.abs(exported - fp32).mean()
     assert np.abs(simulated - exported).max() < 0.05 * quant_error, (np.abs(simulated - exported).max(), quant_error)
 
+
+
+def test_sensitivity_rounds_each_part_alone_and_restores_the_model(tiny_checkpoint, tiny_reference, capsys):
+    """``python -m rewardrt.models.sensitivity``: the dequant rounding stays within half a block's
+    step, every part is reported, and the model comes back bit for bit after each part."""
+    from rewardrt.models import sensitivity
+
+    w = torch.randn(6, 64) * torch.logspace(-2, 1, 64)
+    q = sensitivity.int8_blocks(w)
+    step = w.reshape(6, 2, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((q - w).reshape(6, 2, 32).abs() <= step / 2 + 1e-7).all() and not torch.equal(q, w)
+    net = tiny_reference.net
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for context in sensitivity.parts(net).values():
+        with context():
+            pass
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert sensitivity.main([str(tiny_checkpoint), "--top", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("max ") == 5 and "embedding table float16: mean" in out
