@@ -107,8 +107,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "weight_scales": ("a string", lambda v: isinstance(v, str)),
     "int8_embedding_tables": ("a list of names", lambda v: isinstance(v, (list, tuple))
                               and all(isinstance(x, str) for x in v)),
-    "float16_embedding_tables": ("a list of names", lambda v: isinstance(v, (list, tuple))
-                                 and all(isinstance(x, str) for x in v)),
+    "float16_embedding_tables": ("a list of names or null", lambda v: v is None or (
+        isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v))),
     "gate_rejected": ("a list of {plan, failures} objects", lambda v: isinstance(v, (list, tuple))
                       and all(isinstance(x, Mapping) and {"plan", "failures"} <= set(x) for x in v)),
     "search_target": ("an object of budget name -> number", _str_map(_is_number)),
@@ -145,7 +145,7 @@ class QuantizationRecord:
     weight_only: str = "dequant"
     weight_scales: str = ""
     int8_embedding_tables: tuple[str, ...] = ()
-    float16_embedding_tables: tuple[str, ...] = ()
+    float16_embedding_tables: tuple[str, ...] | None = None  # None: an artifact from before the entry
     # plans the held-out gate rejected before this one: ({"plan": counts, "failures": [...]}, ...)
     gate_rejected: tuple[Mapping[str, Any], ...] = ()
     # how the plan was found
