@@ -447,5 +447,10 @@ def test_embedding_tables_are_stored_as_float16_by_default_or_as_int8_rows():
     assert quantize_embedding_tables(small) == [] and small.graph.node[0].op_type == "Gather"  # small tables stay
     with pytest.raises(ValueError, match="embedding table precision"):
         quantize_embedding_tables(_embedding_graph(table), "bf16")
+    huge = table.copy()
+    huge[3, 3] = 1e5
+    with pytest.raises(ValueError, match=r"beyond float16's range.*--embedding-table int8"):
+        quantize_embedding_tables(_embedding_graph(huge))
+    assert quantize_embedding_tables(_embedding_graph(huge), "int8") == ["table"]
     with pytest.raises(ValueError, match="embedding_table"):
         QuantPlan({}, embedding_table="int4")

@@ -218,9 +218,8 @@ def quantize(fp32: onnx.ModelProto, plan: QuantPlan, stats: ActivationStats | No
              cache: dict | None = None, compact: bool = True) -> onnx.ModelProto:
     """The export's *quantize* stage: ``fp32`` rewritten by ``plan`` (:func:`apply_plan`), with its
     large embedding tables stored as ``plan.embedding_table`` says, then compacted (``compact``:
-    sibling integer GEMMs
-    fused, zero points shared; the same values bit for bit with fewer nodes, see
-    :mod:`.compact`). ``fp32`` is left as it was."""
+    sibling integer GEMMs fused, zero points shared; the same values bit for bit with fewer nodes,
+    see :mod:`.compact`). ``fp32`` is left as it was."""
     model = apply_plan(fp32, plan, stats, cache)
     quantize_embedding_tables(model, plan.embedding_table)
     if compact:

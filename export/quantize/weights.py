@@ -101,6 +101,9 @@ def quantize_embedding_tables(model: onnx.ModelProto, precision: str = "float16"
         w = numpy_helper.to_array(table).astype(np.float32)
         p = node.name or node.output[0]
         if precision == "float16":
+            if not np.abs(w).max() < np.finfo(np.float16).max:
+                raise ValueError(f"embedding table {table.name!r} holds values beyond float16's range; "
+                                 "store it as int8 rows (--embedding-table int8)")
             add_const(graph, f"{table.name}.f16", w.astype(np.float16))
             new_nodes += [
                 mk("Gather", [f"{table.name}.f16", node.input[1]], [f"{p}.rows_f16"], axis=0, name=f"{p}.Gather16"),
