@@ -67,13 +67,14 @@ def parts(net) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
 def main(argv: list[str] | None = None) -> int:
     from rewardrt.export.pairs import load_pair_set
     from rewardrt.export.reference import TorchReward
+    from rewardrt.runtime.clibase import integer
 
     p = argparse.ArgumentParser(prog="python -m rewardrt.models.sensitivity", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="an fp32 checkpoint folder (e.g. `rewardrt materialize`'s)")
     p.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                    help="reference/response rows (default: the bundled pair set); its held-out part is used")
-    p.add_argument("--top", type=int, default=5, help="pairs listed per part (default 5)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--top", type=integer(0), default=5, help="pairs listed per part (default 5)")
+    p.add_argument("--threads", type=integer(1), default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = load_pair_set(args.pairs).gate

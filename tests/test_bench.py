@@ -246,3 +246,12 @@ def test_planbound_exports_every_matmul_as_an_integer_gemm_and_times_both(tiny_c
     assert plan.startswith("{'token': ") and "dequant" not in plan and "fp32" not in plan
     assert "max|Δ|=" in out and out.count("speed vs against") == 2
     assert "against      batch-1 median" in out and "1.00x" in out.split("all-integer  batch-1")[0]
+
+
+@pytest.mark.parametrize("argv, match", [(["ck", "--rounds", "0"], "--rounds"), (["ck", "--against", "nope.onnx"], "--against")])
+def test_planbound_bad_arguments_name_the_argument(argv, match, capsys):
+    from rewardrt.bench.probes import planbound
+
+    with pytest.raises(SystemExit):
+        planbound.main(argv)
+    assert match in capsys.readouterr().err

@@ -71,25 +71,31 @@ def time_batch1(paths: dict[str, Path], threads: int, rounds: int, pairs: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rewardrt.export.config import FidelityBudget
     from rewardrt.runtime.api import select_default_model
+    from rewardrt.runtime.clibase import integer
 
     p = argparse.ArgumentParser(prog="python -m rewardrt.bench.probes.planbound",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="an fp32 checkpoint folder (e.g. `rewardrt materialize`'s)")
     p.add_argument("--target", choices=["avx512-vnni", "avx2"], default="avx512-vnni")
     p.add_argument("--against", default=None, help="the artifact to compare with (default: what RewardModel() loads)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--pairs", type=int, default=48, help="batch-1 calls per round and model")
+    p.add_argument("--threads", type=integer(1), default=1)
+    p.add_argument("--rounds", type=integer(1), default=7)
+    p.add_argument("--pairs", type=integer(1), default=48, help="batch-1 calls per round and model")
     args = p.parse_args(argv)
     against = Path(args.against) if args.against else select_default_model()
+    if not against.is_file():
+        p.error(f"--against: {str(against)!r} is not a file")
+    budget = FidelityBudget()
     with tempfile.TemporaryDirectory(prefix="rewardrt-planbound-") as tmp:
         out = Path(tmp) / "all-integer.onnx"
         report = all_integer_export(args.checkpoint, out, args.target, args.threads)
         f = report.fidelity
         print(f"all-integer ({args.target}): {report.plan}, {report.graph_nodes} nodes; held-out fidelity "
               f"n={f.n} mean|Δ|={f.mean_abs_diff:.4f} max|Δ|={f.max_abs_diff:.4f} spearman={f.spearman:.4f} "
-              f"agree@0.5={100 * f.agreement_at_half:.2f}% (budget: mean 0.01, max 0.05, 0.995, 99%)")
+              f"agree@0.5={100 * f.agreement_at_half:.2f}% (budget: mean {budget.max_mean_abs}, max "
+              f"{budget.max_abs}, spearman {budget.min_spearman}, agree {100 * budget.min_agreement:.0f}%)")
         result = time_batch1({"against": against, "all-integer": out}, args.threads, args.rounds, args.pairs)
     for name, r in result.items():
         print(f"{name:12} batch-1 median {r['ms']:.3f} ms  speed vs against {r['ratio']:.2f}x")
