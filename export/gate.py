@@ -34,7 +34,6 @@ class Verdict:
     failures: tuple[str, ...]
     worst: str = ""   # the held-out pair with the largest clamped |Δ|, for the log
 
-
     @property
     def passed(self) -> bool:
         return not self.failures

@@ -21,20 +21,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from rewardrt.models.quantsim import encoder_linears, simulated_int8
-
-
-def int8_rows(w: torch.Tensor) -> torch.Tensor:
-    scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
-    return torch.round(w / scale).clamp(-127, 127) * scale
+from rewardrt.models.quantsim import encoder_linears, fake_quant_weight, simulated_int8
 
 
 def int8_blocks(w: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """A Linear's weight [out, in] as int8 codes in blocks of ``block`` inputs per output (``dequant``)."""
+    """A Linear's weight [out, in] as int8 codes in blocks of ``block`` inputs per output (``dequant``;
+    one block per output when ``block`` does not divide the inputs, as the export does)."""
     out, k = w.shape
     if k % block:
-        return int8_rows(w)
-    return int8_rows(w.reshape(out * k // block, block)).reshape(out, k)
+        return fake_quant_weight(w)
+    return fake_quant_weight(w.reshape(out * k // block, block)).reshape(out, k)
 
 
 @contextlib.contextmanager
@@ -56,7 +52,7 @@ def parts(net) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
     table = [net.encoder.embeddings.word_embeddings.weight]
     linears = [m.weight for m in encoder_linears(net.encoder).values()]
     return {
-        "embedding table int8 rows": lambda: replaced(table, int8_rows),
+        "embedding table int8 rows": lambda: replaced(table, fake_quant_weight),  # one scale per row
         "embedding table float16": lambda: replaced(table, lambda w: w.half().float()),
         "weights int8 blocks of 32 (dequant)": lambda: replaced(linears, int8_blocks),
         "all-token, 7-bit activations": lambda: simulated_int8(net.encoder, 7),

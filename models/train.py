@@ -526,14 +526,12 @@ def _start_from(checkpoint: Path) -> RewardNet:
     return RewardNet(encoder, head)
 
 
-
-
 def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor, bits: int,
-                   tail_weight: float = 0.0, noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The raw head output of the batch, and the mean squared gap between its clamped score and the
-    score with the encoder on simulated INT8 (the same dropout masks: both passes start from one
-    random state), plus ``tail_weight`` x the mean of its TAIL_GAPS largest squared gaps. ``noise``:
-    the simulation draws code noise instead of rounding (:func:`simulated_int8`)."""
+                   noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw head output of the batch, and per pair the squared gap between its clamped score and
+    the score with the encoder on simulated INT8 (the same dropout masks: both passes start from one
+    random state). ``noise``: the simulation draws code noise instead of rounding
+    (:func:`simulated_int8`)."""
     seed = int(torch.randint(0, 2**62, ()).item())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -541,11 +539,15 @@ def _with_int8_gap(net: RewardNet, ids: torch.Tensor, mask: torch.Tensor, bits: 
     with torch.random.fork_rng(devices=[]), simulated_int8(net.encoder, bits, seed + 1 if noise else None):
         torch.manual_seed(seed)
         score_q, _ = net(ids, mask)
-    squared = (score_q - score) ** 2
-    gap = squared.mean()
+    return raw, ((score_q - score) ** 2).flatten()
+
+
+def int8_gap_loss(squared: torch.Tensor, weight: float, tail_weight: float = 0.0) -> torch.Tensor:
+    """``weight`` x the mean squared gap, plus ``tail_weight`` x the mean of the TAIL_GAPS largest."""
+    loss = weight * squared.mean()
     if tail_weight:
-        gap = gap + tail_weight * squared.flatten().topk(min(TAIL_GAPS, squared.numel())).values.mean()
-    return raw, gap
+        loss = loss + tail_weight * squared.topk(min(TAIL_GAPS, squared.numel())).values.mean()
+    return loss
 
 
 def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None = None,
@@ -637,11 +639,11 @@ def train(recipe_path: str | Path, out_dir: str | Path, overrides: dict | None =
         examples = epoch_examples(pairs, epoch, r)
         for i, (ids, mask, target) in enumerate(batches(examples, tokenizer, r, rng)):
             if r.quant_consistency:
-                raw, gap = _with_int8_gap(net, ids, mask, r.quant_activation_bits,
-                                          r.quant_consistency_tail / r.quant_consistency,
-                                          r.quant_simulation == "noise")
-                loss = torch.nn.functional.mse_loss(raw, target) + r.quant_consistency * gap
-                running_gap += gap.item()
+                raw, squared = _with_int8_gap(net, ids, mask, r.quant_activation_bits,
+                                              r.quant_simulation == "noise")
+                loss = torch.nn.functional.mse_loss(raw, target) + int8_gap_loss(
+                    squared, r.quant_consistency, r.quant_consistency_tail)
+                running_gap += squared.mean().item()
             else:
                 _, raw = net(ids, mask)
                 loss = torch.nn.functional.mse_loss(raw, target)

@@ -323,20 +323,20 @@ def test_int8_consistency_runs_two_passes_with_the_same_dropout(tmp_path, monkey
     real = train._with_int8_gap
 
     def spy(*args):
-        raw, gap = real(*args)
-        gaps.append(gap.item())
-        return raw, gap
+        raw, squared = real(*args)
+        gaps.append(squared.mean().item())
+        return raw, squared
 
     # the tail term: + weight x the mean of the batch's TAIL_GAPS largest squared gaps
     torch.manual_seed(0)
     encoder = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                    intermediate_size=128)).eval()
-    net = train.RewardNet(encoder, train.make_head(32)).eval()  # no dropout: both calls see one pass
+    net = train.RewardNet(encoder, train.make_head(32)).eval()  # eval: no dropout
     with torch.no_grad():
         net.head[1].bias.fill_(0.5)
     ids, mask = torch.randint(5, 90, (6, 7)), torch.ones(6, 7, dtype=torch.long)
-    _, mean_only = real(net, ids, mask, 7)
-    _, with_tail = real(net, ids, mask, 7, 2.0)
+    _, squared = real(net, ids, mask, 7)
+    mean_only, with_tail = train.int8_gap_loss(squared, 1.0), train.int8_gap_loss(squared, 1.0, 2.0)
     assert 0 < mean_only < with_tail <= mean_only * (1 + 2 * 6 / train.TAIL_GAPS) + 1e-12
 
     monkeypatch.setattr(train, "_with_int8_gap", spy)
