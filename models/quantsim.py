@@ -16,7 +16,7 @@ its weights, which the export (GPTQ, blocks of 32, another bit width) does not r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -72,15 +72,20 @@ def reads_gelu(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def simulated_int8(encoder: nn.Module, bits: int = 7, noise_seed: int | None = None) -> Iterator[None]:
+def simulated_int8(encoder: nn.Module, bits: int = 7, noise_seed: int | None = None,
+                   only: Callable[[str], bool] | None = None) -> Iterator[None]:
     """Within the block, the encoder's layer Linears compute on per-token ``bits``-bit activation
     codes and per-channel int8 weights (straight-through gradients); restored on exit.
     ``noise_seed``: codes moved by uniform noise of one step instead of rounded, drawn from a
-    generator of their own (the global random state, and so dropout, is not touched)."""
+    generator of their own (the global random state, and so dropout, is not touched).
+    ``only``: the Linears (by module name, e.g. ``encoder.layer.0.attention.self.query``) to
+    quantize; the others stay fp32."""
     patched = []
     noise = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
     try:
         for name, linear in encoder_linears(encoder).items():
+            if only is not None and not only(name):
+                continue
             def forward(x: torch.Tensor, linear: nn.Linear = linear, one_sided: bool = reads_gelu(name)) -> torch.Tensor:
                 return F.linear(fake_quant_rows(x, bits, one_sided, noise), fake_quant_weight(linear.weight, noise),
                                 linear.bias)

@@ -9,7 +9,10 @@ activation codes with per-channel int8 weights (the all-``token`` plan, :mod:`.q
 export's own plan search measures the same thing MatMul by MatMul on ONNX graphs; this is the
 quick torch view for model work (which pairs are steep, and what sets the floor).
 
-``python -m rewardrt.models.sensitivity CHECKPOINT [--top 5] [--pairs FILE.jsonl]`` (needs torch)
+With ``--by-layer``, the all-token plan is also applied to one layer at a time and to one Linear role
+at a time (Q/K/V, attention output, FFN in, FFN out, across layers): where the steep pairs turn.
+
+``python -m rewardrt.models.sensitivity CHECKPOINT [--top 5] [--pairs FILE.jsonl] [--by-layer]`` (needs torch)
 """
 
 from __future__ import annotations
@@ -48,16 +51,41 @@ def replaced(tensors: list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Ten
                 t.copy_(s)
 
 
-def parts(net) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
+# A BERT layer's Linears by role (module-name suffix): what --by-layer quantizes one role at a time.
+ROLES = {"Q/K/V": (".attention.self.query", ".attention.self.key", ".attention.self.value"),
+         "attention output": (".attention.output.dense",),
+         "FFN in": (".intermediate.dense",),
+         "FFN out": (".output.dense",)}
+
+
+def _role(name: str) -> str:
+    for role, suffixes in ROLES.items():
+        if name.endswith(suffixes) and (role != "FFN out" or ".attention." not in name):
+            return role
+    raise ValueError(f"not a BERT layer Linear: {name!r}")
+
+
+def parts(net, by_layer: bool = False, bits: int = 8) -> dict[str, Callable[[], contextlib.AbstractContextManager]]:
+    """Each part's context. ``by_layer`` adds the all-token plan at ``bits`` on one layer at a time
+    and on one Linear role at a time (Q/K/V, attention output, FFN in, FFN out) across layers."""
     table = [net.encoder.embeddings.word_embeddings.weight]
     linears = [m.weight for m in encoder_linears(net.encoder).values()]
-    return {
+    out = {
         "embedding table int8 rows": lambda: replaced(table, fake_quant_weight),  # one scale per row
         "embedding table float16": lambda: replaced(table, lambda w: w.half().float()),
         "weights int8 blocks of 32 (dequant)": lambda: replaced(linears, int8_blocks),
         "all-token, 7-bit activations": lambda: simulated_int8(net.encoder, 7),
         "all-token, 8-bit activations": lambda: simulated_int8(net.encoder, 8),
     }
+    if by_layer:
+        for layer in range(net.encoder.config.num_hidden_layers):
+            prefix = f"encoder.layer.{layer}."
+            out[f"all-token {bits}-bit, layer {layer} only"] = (
+                lambda prefix=prefix: simulated_int8(net.encoder, bits, only=lambda n: n.startswith(prefix)))
+        for role in ROLES:
+            out[f"all-token {bits}-bit, {role} only (every layer)"] = (
+                lambda role=role: simulated_int8(net.encoder, bits, only=lambda n: _role(n) == role))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                    help="reference/response rows (default: the bundled pair set); its held-out part is used")
     p.add_argument("--top", type=integer(0), default=5, help="pairs listed per part (default 5)")
+    p.add_argument("--by-layer", action="store_true",
+                   help="also the all-token plan on one layer at a time and one Linear role at a time")
+    p.add_argument("--bits", type=int, choices=(7, 8), default=8,
+                   help="activation-code width of the --by-layer parts (default 8, VNNI's)")
     p.add_argument("--threads", type=integer(1), default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = scores()
     print(f"{len(rows)} held-out pairs; clamped score change against the fp32 model")
-    for name, context in parts(reference.net).items():
+    for name, context in parts(reference.net, args.by_layer, args.bits).items():
         with context():
             d = np.abs(scores() - base)
         print(f"\n{name}: mean {d.mean():.5f}, max {d.max():.4f}, pairs over 0.025 / 0.05: "

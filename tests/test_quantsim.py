@@ -118,3 +118,32 @@ def test_sensitivity_rounds_each_part_alone_and_restores_the_model(tiny_checkpoi
     assert sensitivity.main([str(tiny_checkpoint), "--top", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("max ") == 5 and "embedding table float16: mean" in out
+
+
+def test_simulated_int8_only_quantizes_the_named_linears(tiny_checkpoint, tiny_reference, capsys):
+    """``only`` leaves the other Linears on their own forward; each Linear has exactly one role, and
+    ``--by-layer`` reports every layer and role."""
+    from rewardrt.models import sensitivity
+
+    enc = tiny_reference.net.encoder
+    names = list(encoder_linears(enc))
+    assert sorted(sensitivity._role(n) for n in names) == sorted(
+        role for role, suffixes in sensitivity.ROLES.items() for _ in range(enc.config.num_hidden_layers)
+        for _ in suffixes)
+    first = next(n for n in names if sensitivity._role(n) == "FFN in")
+    with simulated_int8(enc, 8, only=lambda n: n == first):
+        patched = [n for n, m in encoder_linears(enc).items() if "forward" in vars(m)]
+    assert patched == [first]
+    assert not any("forward" in vars(m) for m in encoder_linears(enc).values())
+    refs, resps = ["The answer is 12.", "A dog runs."], ["12", "A cat sleeps on the mat."]
+    fp32 = np.asarray(tiny_reference.raw_scores(resps, refs))
+    with simulated_int8(enc, 8, only=lambda n: n == first):
+        one = np.asarray(tiny_reference.raw_scores(resps, refs))
+    with simulated_int8(enc, 8):
+        every = np.asarray(tiny_reference.raw_scores(resps, refs))
+    assert not np.array_equal(one, fp32) and not np.array_equal(one, every)
+    layers = enc.config.num_hidden_layers
+    assert len(sensitivity.parts(tiny_reference.net, by_layer=True)) == 5 + layers + len(sensitivity.ROLES)
+    assert sensitivity.main([str(tiny_checkpoint), "--top", "0", "--threads", "1", "--by-layer"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("max ") == 5 + layers + len(sensitivity.ROLES) and "FFN out only (every layer)" in out
