@@ -90,6 +90,10 @@ class Recipe:
                                        # 'stated' 38 times, 'running'->'jogging' 3); None: no limit
     spread_rules: tuple[str, ...] = WORD_LIST_RULES  # the rules it applies to
     identity_pairs: int = 0            # (sentence, same sentence) pairs at kept_target: a perfect answer
+    empty_pairs: int = 0               # (sentence, empty or whitespace-only response) pairs at empty_target:
+                                       # an RL policy that answers nothing must not be paid (mean and max
+                                       # pooling see "X [SEP]" much as "X [SEP] X")
+    empty_target: float = 0.0
     alternate_orders: bool = False     # each epoch sees every pair once, in the order opposite to the
                                        # previous epoch's (both orders over two epochs, half the steps)
     # answer-equivalence targets
@@ -188,6 +192,11 @@ class Recipe:
             raise ValueError(f"quant_simulation must be one of {QUANT_SIMULATIONS}, got {self.quant_simulation!r}")
         if self.quant_consistency_tail and not self.quant_consistency:
             raise ValueError("quant_consistency_tail needs quant_consistency > 0 (the simulated pass it weighs)")
+        if isinstance(self.empty_pairs, bool) or not isinstance(self.empty_pairs, int) or self.empty_pairs < 0:
+            raise ValueError(f"empty_pairs must be an int >= 0, got {self.empty_pairs!r}")
+        if isinstance(self.empty_target, bool) or not isinstance(self.empty_target, (int, float)) \
+                or not -1 <= self.empty_target < 0.5:
+            raise ValueError(f"empty_target must be a number in [-1, 0.5), got {self.empty_target!r}")
         if not 0 <= self.short_answer_empty_share <= 1 or isinstance(self.short_answer_empty_share, bool):
             raise ValueError(f"short_answer_empty_share must be in [0, 1], got {self.short_answer_empty_share!r}")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
@@ -291,6 +300,10 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     for sentence in rng.sample(sentences, min(r.identity_pairs, len(sentences))):
         out.append(((sentence, sentence, r.kept_target),) * 2)
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
+    if r.empty_pairs:  # drawn only when asked: older recipes keep their data exactly
+        chosen = rng.sample(sentences, min(r.empty_pairs, len(sentences)))
+        out += [((s, e, r.empty_target),) * 2 for s, e in zip(chosen, rng.choices(shortanswers.EMPTY_RESPONSES, k=len(chosen)))]
+        log.info("empty-response pairs %d at %.2f", len(chosen), r.empty_target)
     if r.short_answer_groups:
         short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
                                                r.short_negative_target, r.short_answer_kind_weights,

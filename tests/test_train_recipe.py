@@ -525,3 +525,21 @@ def test_a_malformed_training_file_is_one_line_and_writes_nothing(tmp_path, cli)
         *cli(["train", "--recipe", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "out")])[::2],
         r"pairs-train.jsonl:1: field 'similarity' must be a number in 0..1")
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_pairs_put_the_reference_first_at_empty_target_and_leave_old_recipes_alone():
+    from rewardrt.models.shortanswers import EMPTY_RESPONSES
+
+    base = train.Recipe(edits_per_rule=2, identity_pairs=2)
+    before = train.build_examples(_rows(), base, random.Random(0))
+    assert before == train.build_examples(_rows(), train.Recipe(edits_per_rule=2, identity_pairs=2, empty_pairs=0),
+                                          random.Random(0))
+    r = train.Recipe(edits_per_rule=2, identity_pairs=2, empty_pairs=3, empty_target=-0.25)
+    pairs = train.build_examples(_rows(), r, random.Random(0))
+    assert pairs[: len(before)] == before
+    empty = pairs[len(before):]
+    assert len(empty) == 3 and all(p[0] == p[1] for p in empty)
+    assert all(b in EMPTY_RESPONSES and a.strip() and t == -0.25 for (a, b, t), _ in empty)
+    for bad in ({"empty_pairs": -1}, {"empty_pairs": True}, {"empty_target": 0.5}, {"empty_target": "0"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            train.Recipe(**bad)
