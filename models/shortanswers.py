@@ -530,23 +530,24 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
 
 # (references, responses) -> scores in [0, 1]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact")
+METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5")
 
 
 def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, float]]:
     """Per kind and ``all``: pairwise order accuracy (a same-answer response above a different-answer
     one for the same reference; a tie counts half), the share of same-answer responses scored >= 0.5,
-    the share of different-answer responses < 0.5, and the mean score of the exact match (the
-    reference as its own response)."""
+    the share of different-answer responses < 0.5, the mean score of the exact match (the
+    reference as its own response), and the share of references for which an empty response
+    scores < 0.5 (an RL policy that answers nothing must not be paid)."""
     refs, resps, where = [], [], []
     for gi, g in enumerate(gs):
-        for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,))):
+        for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,)), ("empty", ("",))):
             for text in texts:
                 refs.append(g.reference)
                 resps.append(text)
                 where.append((gi, role))
     scores = [float(s) for s in scorer(refs, resps)] if refs else []
-    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": []} for _ in gs]
+    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": []} for _ in gs]
     for (gi, role), s in zip(where, scores):
         per_group[gi][role].append(s)
     out: dict[str, dict[str, float]] = {}
@@ -557,9 +558,11 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
         pos = [p for pg in chosen for p in pg["pos"]]
         neg = [n for pg in chosen for n in pg["neg"]]
         exact = [e for pg in chosen for e in pg["exact"]]
+        empty = [e for pg in chosen for e in pg["empty"]]
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
                      "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
+                     "empty<0.5": mean([float(e < 0.5) for e in empty]),
                      "groups": float(len(chosen)), "pairs": float(len(pos) + len(neg) + len(exact))}
     return out
 

@@ -66,6 +66,9 @@ def test_evaluate_groups_metrics():
     assert out["number"]["pairwise"] == pytest.approx(0.75)
     assert out["number"]["same>=0.5"] == 1.0 and out["number"]["different<0.5"] == 0.5
     assert out["number"]["exact"] == pytest.approx(0.9) and out["all"] == out["number"]
+    assert out["number"]["empty<0.5"] == 1.0  # "" scores 0.1 against "72"
+    table[""] = 0.5
+    assert sa.evaluate_groups([g], lambda refs, resps: [table[r] for r in resps])["number"]["empty<0.5"] == 0.0
 
 
 def test_training_examples_hold_exact_matches_and_empty_responses():
