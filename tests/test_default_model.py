@@ -37,7 +37,7 @@ def test_default_model_travels_to_any_x86_cpu():
     # (8-bit ones saturate without VNNI) and no `block` MatMuls (MatMulNBits is slow on AVX2 only).
     quant = RewardModel(default_model_path()).spec.quantization
     schemes = set(quant.plan.values())
-    assert schemes <= {"token", "token2", "dequant"}, schemes
+    assert schemes <= {"token", "token2", "dequant", "fp32"} and "block" not in schemes, schemes
     if schemes & {"token", "token2"}:
         assert quant.activation_bits == 7 and quant.target == "avx2"  # no target entry: implied
 
@@ -89,6 +89,8 @@ def test_default_model_rewards_the_right_final_answer():
     right, wrong = model.score("The answer is 72.", "72"), model.score("The answer is 73.", "72")
     assert right > 0.9 and wrong < 0.5
     assert model.score("", "72") < 0.2 and model.score("   ", "Paris") < 0.2
+    # an empty answer must not be paid where the reference is a short yes/no (v6 paid 0.57 for "no")
+    assert max(model.score(e, ref) for e in ("", " \n") for ref in ("yes", "no", "No.", "True", "false")) < 0.2
     passes_through = model.score("First, 30 + 42 = 72. Then 72 + 1 = 73. Final answer: 73", "72")
     ends_right = model.score("First, 30 + 43 = 73. Then 73 - 1 = 72. Final answer: 72", "72")
     assert passes_through < 0.5 < ends_right
