@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from rewardrt.models.quantsim import encoder_linears, fake_quant_weight, simulated_int8
+from rewardrt.models.quantsim import encoder_linears, fake_quant_weight, reads_gelu, simulated_int8
 
 
 def int8_blocks(w: torch.Tensor, block: int = 32) -> torch.Tensor:
@@ -52,6 +52,8 @@ def replaced(tensors: list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Ten
 
 
 # A BERT layer's Linears by role (module-name suffix): what --by-layer quantizes one role at a time.
+# "FFN out" (.output.dense) also ends the attention output's name: it is the Linear that reads the
+# GELU (quantsim.reads_gelu).
 ROLES = {"Q/K/V": (".attention.self.query", ".attention.self.key", ".attention.self.value"),
          "attention output": (".attention.output.dense",),
          "FFN in": (".intermediate.dense",),
@@ -59,8 +61,10 @@ ROLES = {"Q/K/V": (".attention.self.query", ".attention.self.key", ".attention.s
 
 
 def _role(name: str) -> str:
+    if reads_gelu(name):
+        return "FFN out"
     for role, suffixes in ROLES.items():
-        if name.endswith(suffixes) and (role != "FFN out" or ".attention." not in name):
+        if role != "FFN out" and name.endswith(suffixes):
             return role
     raise ValueError(f"not a BERT layer Linear: {name!r}")
 

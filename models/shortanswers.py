@@ -563,7 +563,7 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
         out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
                      "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
                      "empty<0.5": mean([float(e < 0.5) for e in empty]),
-                     "groups": float(len(chosen)), "pairs": float(len(pos) + len(neg) + len(exact))}
+                     "groups": float(len(chosen)), "pairs": float(len(pos) + len(neg) + len(exact) + len(empty))}
     return out
 
 

@@ -302,7 +302,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     log.info("edit pairs per rule: %s, identity pairs %d", counts, min(r.identity_pairs, len(sentences)))
     if r.empty_pairs:  # drawn only when asked: older recipes keep their data exactly
         chosen = rng.sample(sentences, min(r.empty_pairs, len(sentences)))
-        out += [((s, e, r.empty_target),) * 2 for s, e in zip(chosen, rng.choices(shortanswers.EMPTY_RESPONSES, k=len(chosen)))]
+        empties = rng.choices(shortanswers.EMPTY_RESPONSES, k=len(chosen))
+        out += [((s, e, r.empty_target),) * 2 for s, e in zip(chosen, empties)]
         log.info("empty-response pairs %d at %.2f", len(chosen), r.empty_target)
     if r.short_answer_groups:
         short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
