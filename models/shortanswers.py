@@ -19,6 +19,7 @@ the same seed and template set give the same groups on every machine, torch-free
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class Group:
     reference: str
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
+    hedges: tuple[str, ...] = ()  # the right answer offered among wrong ones ("72 or 73"): not an answer
 
 
 # --- number words ----------------------------------------------------------------------------------
@@ -80,6 +82,7 @@ class Templates:
     worked_endings: tuple[str, ...]       # the conclusion carrying the final answer {}
     year: tuple[str, ...]                 # a year alone
     entities_half: int                    # 0: the first half of each entity list, 1: the second
+    hedges: tuple[str, ...] = ()          # several candidate answers in one response, one {} each
     extra: dict = field(default_factory=dict)
 
 
@@ -101,6 +104,8 @@ TRAIN = Templates(
                     "So the total is {}.", "Answer: {}"),
     year=("{}", "in {}", "the year {}", "In {}."),
     entities_half=0,
+    hedges=("{} or {}", "Either {} or {}.", "{}, {} or {}", "The answer is {} or {}.", "{} {} {}", "{}, {}, {}",
+            "It could be {} or {}.", "{} or possibly {}", "Final answer: {} or {}"),
 )
 
 PROBE = Templates(
@@ -121,6 +126,8 @@ PROBE = Templates(
                     "Putting it together we obtain $\\boxed{{{}}}$.", "In total that is {}."),
     year=("year {}", "It was {}.", "The year was {}."),
     entities_half=1,
+    hedges=("Maybe {}, maybe {}.", "I'm not sure: {} or {}.", "Could be {}, {}, or {}.", "{}; {}; {}",
+            "Answer: {} and/or {}", "Probably {} (or {})."),
 )
 
 
@@ -479,13 +486,114 @@ GENERATORS: dict[str, Callable[[Templates, random.Random], Group]] = {
 EMPTY_RESPONSES = ("", " ", "\n", "   \t ", "\n\n")
 
 
+# --- hedges and hard cases: drawn from a stream of their own, so the groups above never change -------
+
+_LETTER = re.compile(r"\(?([A-E])\)?")            # an option reference without its text: B, (B)
+_INT = re.compile(r"-?\d+")
+_FRACTION = re.compile(r"(\d+)/(\d+)")
+_OPPOSITE = {"yes": "no", "no": "yes", "true": "false", "false": "true"}
+_EXTRA_SEED = 104_729  # added to the groups' seed: the stream of hedges and hard cases
+
+
+def unwrap(t: Templates, text: str) -> str:
+    """``text`` without the longest of ``t``'s wrappers around it ("The answer is 72." -> "72")."""
+    best = text
+    for wrapper in t.wrappers:
+        pre, post = wrapper.format("\0").split("\0")
+        if pre or post:
+            inner = text[len(pre):len(text) - len(post)] if len(post) else text[len(pre):]
+            if (text.startswith(pre) and text.endswith(post) and len(text) > len(pre) + len(post)
+                    and len(inner) < len(best)):
+                best = inner
+    return best.strip()
+
+
+def bare_answers(g: Group, t: Templates) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(right, wrong): the group's answers without wrappers, as a hedge lists them; two empty
+    tuples for a kind without bare answers (worked solutions) or an unrecognised reference."""
+    ref = g.reference.strip()
+    if g.kind == "worked":
+        return (), ()
+    if g.kind == "yesno":
+        opposite = _OPPOSITE.get(ref.lower())
+        if opposite is None:
+            return (), ()
+        return (ref,), (opposite.capitalize() if ref[:1].isupper() else opposite,)
+    if g.kind == "option":
+        m = _LETTER.fullmatch(ref) or re.match(r"([A-E])\) ", ref)
+        if m is None:
+            return (), ()
+        return (m.group(1),), tuple(x for x in "ABCD" if x != m.group(1))
+    right = tuple(dict.fromkeys([ref, *(unwrap(t, p) for p in g.positives)]))
+    wrong = tuple(dict.fromkeys(w for w in (unwrap(t, x) for x in g.negatives) if w and w not in right))
+    return right, wrong
+
+
+def hedge(g: Group, t: Templates, rng: random.Random) -> str | None:
+    """One response that offers the right answer among wrong ones ("72 or 73", "A, B, C or D"):
+    a policy that lists candidates has not answered, so a reward must not pay it. None when the
+    group has no bare answers."""
+    right, wrong = bare_answers(g, t)
+    if not right or not wrong or not t.hedges:
+        return None
+    template = rng.choice(t.hedges)
+    if template.count("{}") - 1 > len(wrong):
+        template = rng.choice([h for h in t.hedges if h.count("{}") == 2])
+    candidates = [rng.choice(right), *rng.sample(list(wrong), template.count("{}") - 1)]
+    rng.shuffle(candidates)
+    if g.kind == "option" and rng.random() < 0.4:
+        candidates = [f"({c})" for c in candidates]
+    return template.format(*candidates)
+
+
+def _numeric_option_text(rng: random.Random) -> str:
+    return rng.choice([f"{rng.randint(2, 99)} {rng.choice(_UNITS)[0]}", f"x = {rng.randint(-9, 30)}",
+                       f"${rng.randint(1, 500)}", f"{rng.randint(1, 9)}/{rng.randint(2, 12)}",
+                       f"{rng.randint(10, 99)}%"])
+
+
+def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Extra (positives, negatives) where v7 was weak: an integer's near misses written in words
+    (v7 paid "seventy-three" 0.86 against "72") with the right one in words as a positive; a
+    fraction's decimal off by a factor of ten ("0.05" against "1/2"); an option letter followed by a
+    numeric option text ("B) 12 m/s" against "B", and another letter with another text)."""
+    ref = g.reference.strip()
+    pos: list[str] = []
+    neg: list[str] = []
+    maybe_wrap = lambda x: x if rng.random() < 0.5 else _wrap(t, x, rng)  # noqa: E731
+    if g.kind == "number" and _INT.fullmatch(ref) and abs(int(ref)) <= 10**6:
+        n = int(ref)
+        pos.append(maybe_wrap(number_words(n)))
+        neg += [maybe_wrap(number_words(w)) for w in _pick(_near_ints(n, rng), 2, rng) if abs(w) <= 10**6]
+    elif g.kind == "fraction" and _FRACTION.fullmatch(ref):
+        p, q = (int(x) for x in _FRACTION.fullmatch(ref).groups())
+        for factor in (10, 0.1):
+            value = p / q * factor
+            decimal = f"{value:.6f}".rstrip("0").rstrip(".")
+            if len(decimal) <= 7 and abs(value - float(decimal)) < 1e-12:
+                neg.append(maybe_wrap(decimal))
+    elif g.kind == "option" and _LETTER.fullmatch(ref):
+        letter = _LETTER.fullmatch(ref).group(1)
+        other = rng.choice([x for x in "ABCD" if x != letter])
+        pos.append(f"{letter}) {_numeric_option_text(rng)}")
+        neg.append(f"{other}) {_numeric_option_text(rng)}")
+    return tuple(pos), tuple(neg)
+
+
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
-           kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None) -> list[Group]:
+           kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None,
+           hedge_share: float = 0.0, hard_share: float = 0.0) -> list[Group]:
     """``per_kind`` groups of each kind (times ``weights[kind]``, default 1), seeded; a share of
     groups gets an empty or whitespace-only response among its negatives (low against any
-    non-empty reference)."""
+    non-empty reference). ``hedge_share`` of the groups get a :func:`hedge` (in ``hedges``),
+    ``hard_share`` the :func:`hard_cases` of their kind; both come from a random stream of their
+    own, so the references, positives and negatives are the same whatever the two shares."""
     if per_kind < 0:
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
+    for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share)):
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {share!r}")
+    extra = random.Random(seed + _EXTRA_SEED)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {sorted(unknown)}")
@@ -503,22 +611,33 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
                 continue
             if rng.random() < empty_share:
                 negatives += (rng.choice(EMPTY_RESPONSES),)
-            out.append(Group(kind, g.reference, positives, negatives))
+            g = Group(kind, g.reference, positives, negatives)
+            if hard_share and extra.random() < hard_share:
+                more_pos, more_neg = hard_cases(g, templates, extra)
+                positives = tuple(dict.fromkeys(positives + more_pos))
+                negatives = tuple(dict.fromkeys(x for x in negatives + more_neg if x not in positives))
+                g = Group(kind, g.reference, positives, negatives)
+            if hedge_share and extra.random() < hedge_share:
+                h = hedge(g, templates, extra)
+                g = Group(kind, g.reference, positives, negatives, (h,) if h else ())
+            out.append(g)
             made += 1
     return out
 
 
 def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
                       weights: dict[str, float] | None = None,
-                      identity_share: float = 0.5, empty_share: float = 0.15) -> list[tuple[str, str, float]]:
+                      identity_share: float = 0.5, empty_share: float = 0.15,
+                      hedge_share: float = 0.0, hard_share: float = 0.0) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive at ``positive``,
-    every negative at ``negative``, and for a share of groups the exact match (reference,
+    every negative and hedge at ``negative``, and for a share of groups the exact match (reference,
     reference) and an exact match of one of its longer responses, at ``positive``."""
     rng = random.Random(seed + 1)
     out = []
-    for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights):
+    for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
+                    hedge_share=hedge_share, hard_share=hard_share):
         out += [(g.reference, p, positive) for p in g.positives]
-        out += [(g.reference, x, negative) for x in g.negatives]
+        out += [(g.reference, x, negative) for x in g.negatives + g.hedges]
         if rng.random() < identity_share:
             out.append((g.reference, g.reference, positive))
             longer = rng.choice(g.positives + g.negatives)
@@ -530,7 +649,7 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
 
 # (references, responses) -> scores in [0, 1]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5")
+METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5", "hedged<0.5")
 
 
 def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, float]]:
@@ -538,16 +657,19 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
     one for the same reference; a tie counts half), the share of same-answer responses scored >= 0.5,
     the share of different-answer responses < 0.5, the mean score of the exact match (the
     reference as its own response), and the share of references for which an empty response
-    scores < 0.5 (an RL policy that answers nothing must not be paid)."""
+    scores < 0.5 (an RL policy that answers nothing must not be paid), and the share of hedges
+    (the right answer listed among wrong ones, "72 or 73") scored < 0.5 (NaN without hedges)."""
     refs, resps, where = [], [], []
     for gi, g in enumerate(gs):
-        for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,)), ("empty", ("",))):
+        for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,)), ("empty", ("",)),
+                            ("hedge", g.hedges)):
             for text in texts:
                 refs.append(g.reference)
                 resps.append(text)
                 where.append((gi, role))
     scores = [float(s) for s in scorer(refs, resps)] if refs else []
-    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": []} for _ in gs]
+    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": [], "hedge": []}
+                                               for _ in gs]
     for (gi, role), s in zip(where, scores):
         per_group[gi][role].append(s)
     out: dict[str, dict[str, float]] = {}
@@ -559,11 +681,14 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
         neg = [n for pg in chosen for n in pg["neg"]]
         exact = [e for pg in chosen for e in pg["exact"]]
         empty = [e for pg in chosen for e in pg["empty"]]
+        hedges = [h for pg in chosen for h in pg["hedge"]]
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
                      "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
                      "empty<0.5": mean([float(e < 0.5) for e in empty]),
-                     "groups": float(len(chosen)), "pairs": float(len(pos) + len(neg) + len(exact) + len(empty))}
+                     "hedged<0.5": mean([float(h < 0.5) for h in hedges]),
+                     "groups": float(len(chosen)),
+                     "pairs": float(len(pos) + len(neg) + len(exact) + len(empty) + len(hedges))}
     return out
 
 

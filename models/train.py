@@ -128,6 +128,10 @@ class Recipe:
     short_answer_kind_weights: dict = field(default_factory=dict)  # kind -> factor on short_answer_groups
                                        # (kinds left out: 1), e.g. more near-miss numbers, fractions, dates
     short_answer_empty_share: float = 0.15  # share of groups given an empty/whitespace-only negative
+    short_answer_hedge_share: float = 0.0   # share of groups given a hedge negative ("72 or 73": the
+                                            # right answer among wrong ones, shortanswers.hedge)
+    short_answer_hard_share: float = 0.0    # share of groups given shortanswers.hard_cases (numbers in
+                                            # words, a fraction's decimal x10, numeric option texts)
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -197,8 +201,10 @@ class Recipe:
         if isinstance(self.empty_target, bool) or not isinstance(self.empty_target, (int, float)) \
                 or not -1 <= self.empty_target < 0.5:
             raise ValueError(f"empty_target must be a number in [-1, 0.5), got {self.empty_target!r}")
-        if not 0 <= self.short_answer_empty_share <= 1 or isinstance(self.short_answer_empty_share, bool):
-            raise ValueError(f"short_answer_empty_share must be in [0, 1], got {self.short_answer_empty_share!r}")
+        for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share"):
+            share = getattr(self, name)
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {share!r}")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
             raise ValueError(f"quant_activation_bits must be one of {ACTIVATION_BITS}, "
                              f"got {self.quant_activation_bits!r}")
@@ -308,7 +314,9 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
     if r.short_answer_groups:
         short = shortanswers.training_examples(r.short_answer_groups, r.seed, r.short_positive_target,
                                                r.short_negative_target, r.short_answer_kind_weights,
-                                               empty_share=r.short_answer_empty_share)
+                                               empty_share=r.short_answer_empty_share,
+                                               hedge_share=r.short_answer_hedge_share,
+                                               hard_share=r.short_answer_hard_share)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out
@@ -455,7 +463,8 @@ def short_dev_groups(r: Recipe) -> list[shortanswers.Group]:
     PROBE templates stay unseen until ``rewardrt eval``)."""
     if not r.short_answer_dev_groups:
         return []
-    return shortanswers.groups(shortanswers.TRAIN, r.short_answer_dev_groups, r.seed + 7919)
+    return shortanswers.groups(shortanswers.TRAIN, r.short_answer_dev_groups, r.seed + 7919,
+                               hedge_share=1.0 if r.short_answer_hedge_share else 0.0)
 
 
 def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: bool = False,

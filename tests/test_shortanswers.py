@@ -65,7 +65,8 @@ def test_evaluate_groups_metrics():
     # pairs (pos, neg): 0.9>0.7, 0.9>0.1, 0.6<0.7, 0.6>0.1 -> 3/4
     assert out["number"]["pairwise"] == pytest.approx(0.75)
     assert out["number"]["same>=0.5"] == 1.0 and out["number"]["different<0.5"] == 0.5
-    assert out["number"]["exact"] == pytest.approx(0.9) and out["all"] == out["number"]
+    assert out["number"]["exact"] == pytest.approx(0.9)
+    assert json.dumps(out["all"]) == json.dumps(out["number"])  # NaN (no hedges) compares equal as text
     assert out["number"]["empty<0.5"] == 1.0  # "" scores 0.1 against "72"
     table[""] = 0.5
     assert sa.evaluate_groups([g], lambda refs, resps: [table[r] for r in resps])["number"]["empty<0.5"] == 0.0
@@ -76,6 +77,84 @@ def test_training_examples_hold_exact_matches_and_empty_responses():
     assert any(a == b and t == 1.0 for a, b, t in rows)
     assert any(not b.strip() and t == 0.0 for _, b, t in rows)
     assert {t for _, _, t in rows} == {0.0, 1.0}
+
+
+def test_hedges_and_hard_cases_leave_the_groups_as_they_were():
+    """Older recipes and the export's calibration pairs keep their data: the extras come from a
+    stream of their own."""
+    plain = sa.groups(sa.TRAIN, 30, seed=5)
+    hedged = sa.groups(sa.TRAIN, 30, seed=5, hedge_share=1.0)
+    assert [(g.kind, g.reference, g.positives, g.negatives) for g in hedged] == \
+        [(g.kind, g.reference, g.positives, g.negatives) for g in plain]
+    assert all(not g.hedges for g in plain)
+    hard = sa.groups(sa.TRAIN, 30, seed=5, hard_share=1.0)
+    assert [g.reference for g in hard] == [g.reference for g in plain]
+    for h, p in zip(hard, plain):
+        assert set(p.positives) <= set(h.positives) and set(p.negatives) - set(h.positives) <= set(h.negatives)
+        assert not set(h.positives) & set(h.negatives)
+
+
+@pytest.mark.parametrize("templates", [sa.TRAIN, sa.PROBE], ids=["train", "probe"])
+def test_a_hedge_lists_the_right_answer_among_wrong_ones(templates):
+    gs = sa.groups(templates, 40, seed=2, hedge_share=1.0)
+    hedged = [g for g in gs if g.hedges]
+    assert {g.kind for g in hedged} == set(sa.KINDS) - {"worked"}
+    assert len(hedged) > 0.9 * len([g for g in gs if g.kind != "worked"])
+    for g in hedged:
+        right, wrong = sa.bare_answers(g, templates)
+        (h,) = g.hedges
+        assert any(r in h for r in right), (g, h)
+        assert any(w in h for w in wrong), (g, h)
+        assert h not in g.positives
+
+
+def test_bare_answers_and_unwrap():
+    assert sa.unwrap(sa.TRAIN, "The answer is \\boxed{72}.") == "72"
+    assert sa.unwrap(sa.TRAIN, "#### 3.5") == "3.5" and sa.unwrap(sa.TRAIN, "3.5") == "3.5"
+    assert sa.unwrap(sa.PROBE, "$\\boxed{1/2}$") == "1/2"
+    assert sa.bare_answers(sa.Group("yesno", "True", ("T",), ("F",)), sa.TRAIN) == (("True",), ("False",))
+    assert sa.bare_answers(sa.Group("yesno", "no", ("No.",), ("Yes.",)), sa.TRAIN) == (("no",), ("yes",))
+    assert sa.bare_answers(sa.Group("option", "B) a mammal", ("B",), ("C",)), sa.TRAIN) == (("B",), ("A", "C", "D"))
+    assert sa.bare_answers(sa.Group("worked", "72", ("... 72",), ("... 73",)), sa.TRAIN) == ((), ())
+    right, wrong = sa.bare_answers(sa.Group("number", "72", ("Final answer: 72",), ("The answer is 73.", " ")),
+                                   sa.TRAIN)
+    assert right == ("72",) and wrong == ("73",)
+
+
+def test_hard_cases_per_kind():
+    import random
+
+    rng = random.Random(0)
+    pos, neg = sa.hard_cases(sa.Group("number", "72", ("72",), ("73",)), sa.TRAIN, rng)
+    assert any("seventy-two" in p for p in pos)
+    assert len(neg) == 2 and all(any(w in x for w in ("seventy-", "sixty-", "eighty-", "seven hundred", "twenty-seven", "minus"))
+                                 for x in neg)
+    _, neg = sa.hard_cases(sa.Group("fraction", "1/2", ("0.5",), ("1/3",)), sa.TRAIN, rng)
+    assert {sa.unwrap(sa.TRAIN, x) for x in neg} == {"5", "0.05"}
+    pos, neg = sa.hard_cases(sa.Group("option", "(C)", ("C",), ("A",)), sa.TRAIN, rng)
+    assert pos[0].startswith("C) ") and neg[0][:3] in {"A) ", "B) ", "D) "}
+    assert sa.hard_cases(sa.Group("option", "C) gravity", ("C",), ("A",)), sa.TRAIN, rng) == ((), ())
+    assert sa.hard_cases(sa.Group("date", "1999", ("1999",), ("2000",)), sa.TRAIN, rng) == ((), ())
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, True, "0.5"])
+def test_extra_shares_are_checked(share):
+    with pytest.raises(ValueError, match="hedge_share must be in"):
+        sa.groups(sa.TRAIN, 1, seed=0, hedge_share=share)
+    with pytest.raises(ValueError, match="hard_share must be in"):
+        sa.groups(sa.TRAIN, 1, seed=0, hard_share=share)
+
+
+def test_evaluate_groups_reports_hedges_and_training_pays_them_nothing():
+    g = sa.Group("number", "72", ("72",), ("73",), hedges=("72 or 73", "71, 72 or 73"))
+    table = {"72": 0.9, "73": 0.1, "72 or 73": 0.3, "71, 72 or 73": 0.6, "": 0.0}
+    out = sa.evaluate_groups([g], lambda refs, resps: [table[r] for r in resps])
+    assert out["number"]["hedged<0.5"] == 0.5 and out["number"]["pairs"] == 6
+    plain = sa.evaluate_groups([sa.Group("number", "72", ("72",), ("73",))], lambda refs, resps: [table[r] for r in resps])
+    assert plain["number"]["hedged<0.5"] != plain["number"]["hedged<0.5"]  # NaN: no hedges
+    rows = sa.training_examples(10, seed=0, negative=-0.2, hedge_share=1.0)
+    hedges = {h for g in sa.groups(sa.TRAIN, 10, seed=0, hedge_share=1.0) for h in g.hedges}
+    assert hedges and {t for _, b, t in rows if b in hedges} == {-0.2}
 
 
 def test_eval_prints_the_short_answer_table_torch_free(tiny_int8, capsys, tmp_path):

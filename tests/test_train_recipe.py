@@ -232,7 +232,9 @@ def test_selection_with_a_synonym_control_limit():
                                           ("short_negative_target", -1.5), ("quant_consistency", -1),
                                           ("quant_consistency", True), ("quant_activation_bits", 6),
                                           ("quant_consistency_tail", -1), ("quant_consistency_tail", 1.0),
-                                          ("short_answer_empty_share", 1.5), ("quant_simulation", "gauss")])
+                                          ("short_answer_empty_share", 1.5), ("quant_simulation", "gauss"),
+                                          ("short_answer_hedge_share", -0.1), ("short_answer_hedge_share", True),
+                                          ("short_answer_hard_share", 2)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
