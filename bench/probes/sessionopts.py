@@ -83,12 +83,13 @@ def child(spec: dict) -> dict:
 
 
 def _preoptimize(model: str, threads: int, out: Path) -> str:
-
+    from rewardrt.runtime.integrity import seal
     from rewardrt.runtime.session import make_session, session_options
 
     opts = session_options(threads)
     opts.optimized_model_filepath = str(out)
     make_session(model, options=opts)
+    seal(out)  # onnxruntime wrote it with the source's digest: the runtime would refuse it
     return str(out)
 
 
