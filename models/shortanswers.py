@@ -33,6 +33,8 @@ class Group:
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
     hedges: tuple[str, ...] = ()  # the right answer offered among wrong ones ("72 or 73"): not an answer
+    echoes: tuple[str, ...] = ()  # the right answer in two of its forms, joined as a hedge joins
+                                  # candidates ("72 or seventy-two"): still the answer
 
 
 # --- number words ----------------------------------------------------------------------------------
@@ -546,6 +548,19 @@ def hedge(g: Group, t: Templates, rng: random.Random) -> str | None:
     return template.format(*candidates)
 
 
+def echo(g: Group, t: Templates, rng: random.Random) -> str | None:
+    """The right answer in two different forms, joined by a two-candidate hedge template ("72 or
+    seventy-two", "Either Einstein or Albert Einstein."): the counterpart of :func:`hedge`, so a
+    model learns that offering *different* answers is what is wrong, not the connector. None when
+    the group has fewer than two bare right forms."""
+    right, _ = bare_answers(g, t)
+    forms = [r for r in right if r.lower() != right[0].lower()] + [right[0]] if right else []
+    two = [h for h in t.hedges if h.count("{}") == 2]
+    if len(forms) < 2 or not two:
+        return None
+    return rng.choice(two).format(*rng.sample(forms, 2))
+
+
 def _numeric_option_text(rng: random.Random) -> str:
     return rng.choice([f"{rng.randint(2, 99)} {rng.choice(_UNITS)[0]}", f"x = {rng.randint(-9, 30)}",
                        f"${rng.randint(1, 500)}", f"{rng.randint(1, 9)}/{rng.randint(2, 12)}",
@@ -582,18 +597,20 @@ def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, .
 
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
            kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None,
-           hedge_share: float = 0.0, hard_share: float = 0.0) -> list[Group]:
+           hedge_share: float = 0.0, hard_share: float = 0.0, echo_share: float = 0.0) -> list[Group]:
     """``per_kind`` groups of each kind (times ``weights[kind]``, default 1), seeded; a share of
     groups gets an empty or whitespace-only response among its negatives (low against any
     non-empty reference). ``hedge_share`` of the groups get a :func:`hedge` (in ``hedges``),
-    ``hard_share`` the :func:`hard_cases` of their kind; both come from a random stream of their
-    own, so the references, positives and negatives are the same whatever the two shares."""
+    ``hard_share`` the :func:`hard_cases` of their kind, ``echo_share`` an :func:`echo` (in
+    ``echoes``); they come from random streams of their own, so the references, positives and
+    negatives are the same whatever the shares, and the hedges whatever ``echo_share``."""
     if per_kind < 0:
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
-    for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share)):
+    for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share)):
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {share!r}")
     extra = random.Random(seed + _EXTRA_SEED)
+    echo_rng = random.Random(seed + 2 * _EXTRA_SEED)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {sorted(unknown)}")
@@ -620,6 +637,9 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
             if hedge_share and extra.random() < hedge_share:
                 h = hedge(g, templates, extra)
                 g = Group(kind, g.reference, positives, negatives, (h,) if h else ())
+            if echo_share and echo_rng.random() < echo_share:
+                e = echo(g, templates, echo_rng)
+                g = Group(kind, g.reference, positives, negatives, g.hedges, (e,) if e else ())
             out.append(g)
             made += 1
     return out
@@ -628,15 +648,17 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
 def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
                       weights: dict[str, float] | None = None,
                       identity_share: float = 0.5, empty_share: float = 0.15,
-                      hedge_share: float = 0.0, hard_share: float = 0.0) -> list[tuple[str, str, float]]:
-    """(reference, response, target) rows from ``TRAIN`` groups: every positive at ``positive``,
-    every negative and hedge at ``negative``, and for a share of groups the exact match (reference,
-    reference) and an exact match of one of its longer responses, at ``positive``."""
+                      hedge_share: float = 0.0, hard_share: float = 0.0,
+                      echo_share: float = 0.0) -> list[tuple[str, str, float]]:
+    """(reference, response, target) rows from ``TRAIN`` groups: every positive and echo at
+    ``positive``, every negative and hedge at ``negative``, and for a share of groups the exact
+    match (reference, reference) and an exact match of one of its longer responses, at
+    ``positive``."""
     rng = random.Random(seed + 1)
     out = []
     for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
-                    hedge_share=hedge_share, hard_share=hard_share):
-        out += [(g.reference, p, positive) for p in g.positives]
+                    hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share):
+        out += [(g.reference, p, positive) for p in g.positives + g.echoes]
         out += [(g.reference, x, negative) for x in g.negatives + g.hedges]
         if rng.random() < identity_share:
             out.append((g.reference, g.reference, positive))

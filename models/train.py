@@ -132,6 +132,8 @@ class Recipe:
                                             # right answer among wrong ones, shortanswers.hedge)
     short_answer_hard_share: float = 0.0    # share of groups given shortanswers.hard_cases (numbers in
                                             # words, a fraction's decimal x10, numeric option texts)
+    short_answer_echo_share: float = 0.0    # share of groups given an echo positive ("72 or seventy-two":
+                                            # the right answer twice, shortanswers.echo)
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -201,7 +203,8 @@ class Recipe:
         if isinstance(self.empty_target, bool) or not isinstance(self.empty_target, (int, float)) \
                 or not -1 <= self.empty_target < 0.5:
             raise ValueError(f"empty_target must be a number in [-1, 0.5), got {self.empty_target!r}")
-        for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share"):
+        for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share",
+                     "short_answer_echo_share"):
             share = getattr(self, name)
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {share!r}")
@@ -316,7 +319,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
                                                r.short_negative_target, r.short_answer_kind_weights,
                                                empty_share=r.short_answer_empty_share,
                                                hedge_share=r.short_answer_hedge_share,
-                                               hard_share=r.short_answer_hard_share)
+                                               hard_share=r.short_answer_hard_share,
+                                               echo_share=r.short_answer_echo_share)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out

@@ -108,6 +108,22 @@ def test_a_hedge_lists_the_right_answer_among_wrong_ones(templates):
         assert h not in g.positives
 
 
+def test_an_echo_joins_two_right_forms_and_leaves_the_hedges_alone():
+    hedged = sa.groups(sa.TRAIN, 30, seed=4, hedge_share=0.5)
+    both = sa.groups(sa.TRAIN, 30, seed=4, hedge_share=0.5, echo_share=1.0)
+    assert [g.hedges for g in both] == [g.hedges for g in hedged]
+    echoed = [g for g in both if g.echoes]
+    assert len(echoed) > len(both) / 3
+    for g in echoed:
+        right, wrong = sa.bare_answers(g, sa.TRAIN)
+        (e,) = g.echoes
+        assert sum(r in e for r in right) >= 2 or any(e.count(r) == 2 for r in right), (g, e)
+        assert not any(w in e and not any(w in r for r in right) for w in wrong), (g, e)
+    rows = sa.training_examples(10, seed=0, negative=-0.2, echo_share=1.0)
+    echoes = {e for g in sa.groups(sa.TRAIN, 10, seed=0, echo_share=1.0) for e in g.echoes}
+    assert echoes and {t for _, b, t in rows if b in echoes} == {1.0}
+
+
 def test_bare_answers_and_unwrap():
     assert sa.unwrap(sa.TRAIN, "The answer is \\boxed{72}.") == "72"
     assert sa.unwrap(sa.TRAIN, "#### 3.5") == "3.5" and sa.unwrap(sa.TRAIN, "3.5") == "3.5"
@@ -138,11 +154,10 @@ def test_hard_cases_per_kind():
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, True, "0.5"])
-def test_extra_shares_are_checked(share):
-    with pytest.raises(ValueError, match="hedge_share must be in"):
-        sa.groups(sa.TRAIN, 1, seed=0, hedge_share=share)
-    with pytest.raises(ValueError, match="hard_share must be in"):
-        sa.groups(sa.TRAIN, 1, seed=0, hard_share=share)
+@pytest.mark.parametrize("name", ["hedge_share", "hard_share", "echo_share"])
+def test_extra_shares_are_checked(name, share):
+    with pytest.raises(ValueError, match=f"{name} must be in"):
+        sa.groups(sa.TRAIN, 1, seed=0, **{name: share})
 
 
 def test_evaluate_groups_reports_hedges_and_training_pays_them_nothing():
