@@ -571,7 +571,11 @@ def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, .
     """Extra (positives, negatives) where v7 was weak: an integer's near misses written in words
     (v7 paid "seventy-three" 0.86 against "72") with the right one in words as a positive; a
     fraction's decimal off by a factor of ten ("0.05" against "1/2"); an option letter followed by a
-    numeric option text ("B) 12 m/s" against "B", and another letter with another text)."""
+    numeric option text ("B) 12 m/s" against "B", and another letter with another text).
+
+    Measured from v7 (model card, "After v7"): with these, the right answer in another form lost
+    most (number words against digits ~0.8 -> ~0.4, "0.3" against "3/10" 0.83 -> 0.00); the model
+    took "written differently" for "wrong". Not in the default recipe."""
     ref = g.reference.strip()
     pos: list[str] = []
     neg: list[str] = []

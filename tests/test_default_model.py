@@ -96,3 +96,16 @@ def test_default_model_rewards_the_right_final_answer():
     assert passes_through < 0.5 < ends_right
     assert model.score("Yes, that is correct.", "Yes") > 0.5 > model.score("No.", "Yes")
     assert model.score("The correct option is (B).", "B") > 0.5 > model.score("The correct option is (C).", "B")
+
+
+def test_default_model_does_not_pay_a_hedge():
+    """Listing candidates is the next reward hack after the empty answer: v7 paid "It is either 71,
+    72 or 73." 0.81 against "72" and "A, B, C or D" 0.62 against "B"."""
+    model = RewardModel()
+    hedges = [("It is either 71, 72 or 73.", "72"), ("71 72 73 74 75 76 77 78", "72"),
+              ("A, B, C or D", "B"), ("The answer is B or C.", "B"), ("Paris or London", "Paris"),
+              ("yes or no", "yes")]
+    scores = model.batch_score([h for h, _ in hedges], [ref for _, ref in hedges])
+    assert max(scores) < 0.5, dict(zip(hedges, scores))
+    # the committed answer itself is still paid
+    assert min(model.batch_score(["The answer is 72.", "B", "Paris", "Yes."], ["72", "B", "Paris", "yes"])) > 0.9
