@@ -160,7 +160,8 @@ def run_eval(args: argparse.Namespace) -> int:
     scorers = _scorers(args, model)
     report: dict = {}
     if not args.no_short_answers:
-        probes = shortanswers.groups(shortanswers.PROBE, args.probe_groups, args.probe_seed, hedge_share=1.0)
+        probes = shortanswers.groups(shortanswers.PROBE, args.probe_groups, args.probe_seed, hedge_share=1.0,
+                                     decoy_share=1.0)
         short = {name: shortanswers.evaluate_groups(probes, fn) for name, fn in scorers.items()}
         report["short_answers"] = short
         print(f"Short answers: {len(probes)} generated probe groups ({args.probe_groups} per kind, "

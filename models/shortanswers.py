@@ -35,6 +35,8 @@ class Group:
     hedges: tuple[str, ...] = ()  # the right answer offered among wrong ones ("72 or 73"): not an answer
     echoes: tuple[str, ...] = ()  # the right answer in two of its forms, joined as a hedge joins
                                   # candidates ("72 or seventy-two"): still the answer
+    decoys: tuple[str, ...] = ()  # a different answer in another form than the reference's
+                                  # ("seventy-three" or "0.7" against "72" or "1/2"): not the answer
 
 
 # --- number words ----------------------------------------------------------------------------------
@@ -494,7 +496,8 @@ _LETTER = re.compile(r"\(?([A-E])\)?")            # an option reference without 
 _INT = re.compile(r"-?\d+")
 _FRACTION = re.compile(r"(\d+)/(\d+)")
 _OPPOSITE = {"yes": "no", "no": "yes", "true": "false", "false": "true"}
-_EXTRA_SEED = 104_729  # added to the groups' seed: the stream of hedges and hard cases
+_EXTRA_SEED = 104_729  # added to the groups' seed: the stream of hedges and hard cases (x2 echoes, x3 decoys)
+_TEX_FRACTION = re.compile(r"\\frac\{(\d+)\}\{(\d+)\}")
 
 
 def unwrap(t: Templates, text: str) -> str:
@@ -561,6 +564,50 @@ def echo(g: Group, t: Templates, rng: random.Random) -> str | None:
     return rng.choice(two).format(*rng.sample(forms, 2))
 
 
+def _decimal(value: float) -> str:
+    """``value`` as a short decimal: exact when it has at most 3 places, else rounded to 2."""
+    exact = f"{value:.3f}".rstrip("0").rstrip(".")
+    return exact if abs(float(exact) - value) < 1e-9 else f"{value:.2f}"
+
+
+def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
+    """A different answer written in another form than the reference: a near miss in words against
+    an integer in digits ("seventy-three" against "72") and in digits against one in words; a wrong
+    value as a decimal or percent against a fraction ("0.7" against "1/2") and as a fraction against
+    a decimal. A model that learned "another form of the reference is the same answer" pays these
+    (v8 paid any bare decimal against "1/2" about 0.9). None for other kinds, or when the group's
+    answers do not show the value."""
+    right, _ = bare_answers(g, t)
+    ref = g.reference.strip()
+    out = None
+    if g.kind == "number":
+        ints = [int(r) for r in right if _INT.fullmatch(r) and abs(int(r)) <= 10**6]
+        if not ints:
+            return None
+        wrong = rng.choice(_near_ints(ints[0], rng))
+        if abs(wrong) > 10**6:
+            return None
+        out = number_words(wrong) if _INT.fullmatch(ref) else str(wrong)
+    elif g.kind == "fraction":
+        parts = [m.groups() for r in right for m in (_FRACTION.fullmatch(r) or _TEX_FRACTION.fullmatch(r),) if m]
+        if not parts:
+            return None
+        p, q = (int(x) for x in parts[0])
+        value = p / q
+        near = [(p + 1, q), (p, q + 1), (q, p)] + ([(p - 1, q)] if p > 1 else [])
+        if _FRACTION.fullmatch(ref) or _TEX_FRACTION.fullmatch(ref):
+            values = [a / b for a, b in near] + [value * 10, value / 10, value + 0.1]
+            values = [v for v in values if abs(v - value) > 0.005 and 0 < v < 1000]
+            v = rng.choice(values)
+            out = f"{v * 100:.0f}%" if rng.random() < 0.2 and abs(v * 100 - round(v * 100)) < 1e-9 else _decimal(v)
+        else:
+            a, b = rng.choice([(a, b) for a, b in near if a * q != p * b and b])
+            out = f"{a}/{b}"
+    if out is None:
+        return None
+    return out if rng.random() < 0.5 else _wrap(t, out, rng)
+
+
 def _numeric_option_text(rng: random.Random) -> str:
     return rng.choice([f"{rng.randint(2, 99)} {rng.choice(_UNITS)[0]}", f"x = {rng.randint(-9, 30)}",
                        f"${rng.randint(1, 500)}", f"{rng.randint(1, 9)}/{rng.randint(2, 12)}",
@@ -601,20 +648,24 @@ def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, .
 
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
            kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None,
-           hedge_share: float = 0.0, hard_share: float = 0.0, echo_share: float = 0.0) -> list[Group]:
+           hedge_share: float = 0.0, hard_share: float = 0.0, echo_share: float = 0.0,
+           decoy_share: float = 0.0) -> list[Group]:
     """``per_kind`` groups of each kind (times ``weights[kind]``, default 1), seeded; a share of
     groups gets an empty or whitespace-only response among its negatives (low against any
     non-empty reference). ``hedge_share`` of the groups get a :func:`hedge` (in ``hedges``),
     ``hard_share`` the :func:`hard_cases` of their kind, ``echo_share`` an :func:`echo` (in
-    ``echoes``); they come from random streams of their own, so the references, positives and
-    negatives are the same whatever the shares, and the hedges whatever ``echo_share``."""
+    ``echoes``), ``decoy_share`` a :func:`decoy` (in ``decoys``; numbers and fractions only); they
+    come from random streams of their own, so the references, positives and negatives are the same
+    whatever the shares, and the hedges whatever ``echo_share`` and ``decoy_share``."""
     if per_kind < 0:
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
-    for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share)):
+    for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share),
+                        ("decoy_share", decoy_share)):
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {share!r}")
     extra = random.Random(seed + _EXTRA_SEED)
     echo_rng = random.Random(seed + 2 * _EXTRA_SEED)
+    decoy_rng = random.Random(seed + 3 * _EXTRA_SEED)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"kinds must be among {', '.join(KINDS)}; got {sorted(unknown)}")
@@ -644,6 +695,10 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
             if echo_share and echo_rng.random() < echo_share:
                 e = echo(g, templates, echo_rng)
                 g = Group(kind, g.reference, positives, negatives, g.hedges, (e,) if e else ())
+            if decoy_share and kind in ("number", "fraction") and decoy_rng.random() < decoy_share:
+                d = decoy(g, templates, decoy_rng)
+                if d and d not in positives:
+                    g = Group(kind, g.reference, positives, negatives, g.hedges, g.echoes, (d,))
             out.append(g)
             made += 1
     return out
@@ -653,17 +708,18 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
                       weights: dict[str, float] | None = None,
                       identity_share: float = 0.5, empty_share: float = 0.15,
                       hedge_share: float = 0.0, hard_share: float = 0.0,
-                      echo_share: float = 0.0) -> list[tuple[str, str, float]]:
+                      echo_share: float = 0.0, decoy_share: float = 0.0) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive and echo at
-    ``positive``, every negative and hedge at ``negative``, and for a share of groups the exact
+    ``positive``, every negative, hedge and decoy at ``negative``, and for a share of groups the exact
     match (reference, reference) and an exact match of one of its longer responses, at
     ``positive``."""
     rng = random.Random(seed + 1)
     out = []
     for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
-                    hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share):
+                    hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share,
+                    decoy_share=decoy_share):
         out += [(g.reference, p, positive) for p in g.positives + g.echoes]
-        out += [(g.reference, x, negative) for x in g.negatives + g.hedges]
+        out += [(g.reference, x, negative) for x in g.negatives + g.hedges + g.decoys]
         if rng.random() < identity_share:
             out.append((g.reference, g.reference, positive))
             longer = rng.choice(g.positives + g.negatives)
@@ -675,7 +731,7 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
 
 # (references, responses) -> scores in [0, 1]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5", "hedged<0.5")
+METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5", "hedged<0.5", "decoy<0.5")
 
 
 def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, float]]:
@@ -684,18 +740,20 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
     the share of different-answer responses < 0.5, the mean score of the exact match (the
     reference as its own response), and the share of references for which an empty response
     scores < 0.5 (an RL policy that answers nothing must not be paid), and the share of hedges
-    (the right answer listed among wrong ones, "72 or 73") scored < 0.5 (NaN without hedges)."""
+    (the right answer listed among wrong ones, "72 or 73") scored < 0.5 (NaN without hedges), and
+    the share of decoys (a wrong answer in another form than the reference, "0.7" against "1/2")
+    scored < 0.5 (NaN without decoys)."""
     refs, resps, where = [], [], []
     for gi, g in enumerate(gs):
         for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,)), ("empty", ("",)),
-                            ("hedge", g.hedges)):
+                            ("hedge", g.hedges), ("decoy", g.decoys)):
             for text in texts:
                 refs.append(g.reference)
                 resps.append(text)
                 where.append((gi, role))
     scores = [float(s) for s in scorer(refs, resps)] if refs else []
-    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": [], "hedge": []}
-                                               for _ in gs]
+    per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": [], "hedge": [],
+                                                "decoy": []} for _ in gs]
     for (gi, role), s in zip(where, scores):
         per_group[gi][role].append(s)
     out: dict[str, dict[str, float]] = {}
@@ -708,13 +766,15 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
         exact = [e for pg in chosen for e in pg["exact"]]
         empty = [e for pg in chosen for e in pg["empty"]]
         hedges = [h for pg in chosen for h in pg["hedge"]]
+        decoys = [d for pg in chosen for d in pg["decoy"]]
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
                      "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
                      "empty<0.5": mean([float(e < 0.5) for e in empty]),
                      "hedged<0.5": mean([float(h < 0.5) for h in hedges]),
+                     "decoy<0.5": mean([float(d < 0.5) for d in decoys]),
                      "groups": float(len(chosen)),
-                     "pairs": float(len(pos) + len(neg) + len(exact) + len(empty) + len(hedges))}
+                     "pairs": float(len(pos) + len(neg) + len(exact) + len(empty) + len(hedges) + len(decoys))}
     return out
 
 

@@ -134,6 +134,9 @@ class Recipe:
                                             # words, a fraction's decimal x10, numeric option texts)
     short_answer_echo_share: float = 0.0    # share of groups given an echo positive ("72 or seventy-two":
                                             # the right answer twice, shortanswers.echo)
+    short_answer_decoy_share: float = 0.0   # share of number and fraction groups given a decoy negative
+                                            # ("0.7" against "1/2": a wrong answer in another form,
+                                            # shortanswers.decoy)
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -204,7 +207,7 @@ class Recipe:
                 or not -1 <= self.empty_target < 0.5:
             raise ValueError(f"empty_target must be a number in [-1, 0.5), got {self.empty_target!r}")
         for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share",
-                     "short_answer_echo_share"):
+                     "short_answer_echo_share", "short_answer_decoy_share"):
             share = getattr(self, name)
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {share!r}")
@@ -320,7 +323,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
                                                empty_share=r.short_answer_empty_share,
                                                hedge_share=r.short_answer_hedge_share,
                                                hard_share=r.short_answer_hard_share,
-                                               echo_share=r.short_answer_echo_share)
+                                               echo_share=r.short_answer_echo_share,
+                                               decoy_share=r.short_answer_decoy_share)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out
@@ -468,7 +472,8 @@ def short_dev_groups(r: Recipe) -> list[shortanswers.Group]:
     if not r.short_answer_dev_groups:
         return []
     return shortanswers.groups(shortanswers.TRAIN, r.short_answer_dev_groups, r.seed + 7919,
-                               hedge_share=1.0 if r.short_answer_hedge_share else 0.0)
+                               hedge_share=1.0 if r.short_answer_hedge_share else 0.0,
+                               decoy_share=1.0 if r.short_answer_decoy_share else 0.0)
 
 
 def dev_metrics(net: RewardNet, tokenizer, dev: list[dict], synonym_control: bool = False,

@@ -154,7 +154,7 @@ def test_hard_cases_per_kind():
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, True, "0.5"])
-@pytest.mark.parametrize("name", ["hedge_share", "hard_share", "echo_share"])
+@pytest.mark.parametrize("name", ["hedge_share", "hard_share", "echo_share", "decoy_share"])
 def test_extra_shares_are_checked(name, share):
     with pytest.raises(ValueError, match=f"{name} must be in"):
         sa.groups(sa.TRAIN, 1, seed=0, **{name: share})
@@ -170,6 +170,63 @@ def test_evaluate_groups_reports_hedges_and_training_pays_them_nothing():
     rows = sa.training_examples(10, seed=0, negative=-0.2, hedge_share=1.0)
     hedges = {h for g in sa.groups(sa.TRAIN, 10, seed=0, hedge_share=1.0) for h in g.hedges}
     assert hedges and {t for _, b, t in rows if b in hedges} == {-0.2}
+
+
+def _value(text: str) -> float | None:
+    """The number a bare numeric answer states (digits, words, a fraction, a decimal, a percent)."""
+    import re
+
+    text = text.strip()
+    for m in (re.fullmatch(r"(\d+)/(\d+)", text), re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", text)):
+        if m:
+            return int(m.group(1)) / int(m.group(2))
+    if re.fullmatch(r"-?\d+(\.\d+)?%", text):
+        return float(text[:-1]) / 100
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return float(text)
+    words = {sa.number_words(n): n for n in range(-1000, 10_001)}
+    return words.get(text)
+
+
+@pytest.mark.parametrize("templates", [sa.TRAIN, sa.PROBE], ids=["train", "probe"])
+def test_a_decoy_is_a_wrong_value_in_another_form(templates):
+    """"seventy-three" against "72", "0.7" against "1/2": another form than the reference's, and
+    another value; the other extras and the groups stay as they were."""
+    plain = sa.groups(templates, 40, seed=6, hedge_share=1.0, echo_share=0.5)
+    gs = sa.groups(templates, 40, seed=6, hedge_share=1.0, echo_share=0.5, decoy_share=1.0)
+    assert [(g.reference, g.positives, g.negatives, g.hedges, g.echoes) for g in gs] == \
+        [(g.reference, g.positives, g.negatives, g.hedges, g.echoes) for g in plain]
+    decoyed = [g for g in gs if g.decoys]
+    assert {g.kind for g in decoyed} == {"number", "fraction"}
+    assert len(decoyed) > 0.6 * len([g for g in gs if g.kind in ("number", "fraction")])
+    checked = 0
+    for g in decoyed:
+        (d,) = g.decoys
+        bare = sa.unwrap(templates, d)
+        ref_value, value = _value(g.reference), _value(bare)
+        assert d not in g.positives and bare not in sa.bare_answers(g, templates)[0], (g, d)
+        if ref_value is not None and value is not None:
+            checked += 1
+            assert abs(ref_value - value) > 1e-3, (g, d)
+            digits = lambda x: any(c.isdigit() for c in x)  # noqa: E731
+            if g.kind == "number":  # words against digits, digits against words
+                assert digits(g.reference) != digits(bare), (g, d)
+            else:  # a decimal or percent against a fraction, a fraction against the rest
+                assert ("/" in g.reference or "frac" in g.reference) != ("/" in bare), (g, d)
+    assert checked > 0.8 * len(decoyed)
+    rows = sa.training_examples(10, seed=0, negative=-0.2, decoy_share=1.0)
+    decoys = {(g.reference, d) for g in sa.groups(sa.TRAIN, 10, seed=0, decoy_share=1.0) for d in g.decoys}
+    assert decoys and {t for a, b, t in rows if (a, b) in decoys} == {-0.2}
+
+
+def test_evaluate_groups_reports_decoys():
+    g = sa.Group("fraction", "1/2", ("0.5",), ("1/3",), decoys=("0.7",))
+    table = {"0.5": 0.9, "1/3": 0.1, "0.7": 0.8, "1/2": 1.0, "": 0.0}
+    out = sa.evaluate_groups([g], lambda refs, resps: [table[r] for r in resps])
+    assert out["fraction"]["decoy<0.5"] == 0.0 and out["fraction"]["pairs"] == 5
+    plain = sa.evaluate_groups([sa.Group("yesno", "yes", ("Yes.",), ("no",))], lambda refs, resps: [0.5] * len(resps))
+    assert plain["yesno"]["decoy<0.5"] != plain["yesno"]["decoy<0.5"]  # NaN: no decoys
+    assert "decoy<0.5" in sa.format_table({"m": out})
 
 
 def test_eval_prints_the_short_answer_table_torch_free(tiny_int8, capsys, tmp_path):
