@@ -572,11 +572,11 @@ def _decimal(value: float) -> str:
 
 def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
     """A different answer written in another form than the reference: a near miss in words against
-    an integer in digits ("seventy-three" against "72") and in digits against one in words; a wrong
-    value as a decimal or percent against a fraction ("0.7" against "1/2") and as a fraction against
-    a decimal. A model that learned "another form of the reference is the same answer" pays these
-    (v8 paid any bare decimal against "1/2" about 0.9). None for other kinds, or when the group's
-    answers do not show the value."""
+    an integer in digits ("seventy-three" against "72") and in plain digits against one in any other
+    form (words, separators, scientific); a wrong value as a decimal or percent against a fraction
+    ("0.7" against "1/2") and as a fraction against a decimal. A model that learned "another form
+    of the reference is the same answer" pays these (v8 paid any bare decimal against "1/2" about
+    0.9). None for other kinds, or when the group's answers do not show the value."""
     right, _ = bare_answers(g, t)
     ref = g.reference.strip()
     out = None
