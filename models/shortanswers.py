@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 KINDS = ("number", "quantity", "fraction", "yesno", "option", "date", "entity", "worked")
 
@@ -340,11 +340,18 @@ _FRACTION_WORDS = {2: ("half", "halves"), 3: ("third", "thirds"), 4: ("quarter",
                    5: ("fifth", "fifths"), 8: ("eighth", "eighths"), 10: ("tenth", "tenths")}
 
 
+def _exact_decimal(value: float, places: int) -> str | None:
+    """``value`` written with at most ``places`` decimals, trailing zeros dropped; None when that
+    is not exact."""
+    decimal = f"{value:.{places}f}".rstrip("0").rstrip(".")
+    return decimal if abs(value - float(decimal)) < 1e-12 else None
+
+
 def _fraction_forms(p: int, q: int) -> list[str]:
     forms = [f"{p}/{q}", f"\\frac{{{p}}}{{{q}}}"]
     value = p / q
-    decimal = f"{value:.4f}".rstrip("0").rstrip(".")
-    if len(decimal) <= 6 and abs(value - float(decimal)) < 1e-12:  # exact decimals only
+    decimal = _exact_decimal(value, 4)
+    if decimal and len(decimal) <= 6:  # exact decimals only
         forms.append(decimal)
         if q in (2, 4, 5, 10, 20, 25, 50, 100):
             forms.append(f"{value * 100:g}%")
@@ -564,10 +571,10 @@ def echo(g: Group, t: Templates, rng: random.Random) -> str | None:
     return rng.choice(two).format(*rng.sample(forms, 2))
 
 
-def _decimal(value: float) -> str:
-    """``value`` as a short decimal: exact when it has at most 3 places, else rounded to 2."""
-    exact = f"{value:.3f}".rstrip("0").rstrip(".")
-    return exact if abs(float(exact) - value) < 1e-9 else f"{value:.2f}"
+def _fraction_parts(text: str) -> tuple[int, int] | None:
+    """(p, q) of "p/q" or "\\frac{p}{q}", else None."""
+    m = _FRACTION.fullmatch(text) or _TEX_FRACTION.fullmatch(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
@@ -589,17 +596,18 @@ def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
             return None
         out = number_words(wrong) if _INT.fullmatch(ref) else str(wrong)
     elif g.kind == "fraction":
-        parts = [m.groups() for r in right for m in (_FRACTION.fullmatch(r) or _TEX_FRACTION.fullmatch(r),) if m]
+        parts = [pq for pq in map(_fraction_parts, right) if pq]
         if not parts:
             return None
-        p, q = (int(x) for x in parts[0])
+        p, q = parts[0]
         value = p / q
         near = [(p + 1, q), (p, q + 1), (q, p)] + ([(p - 1, q)] if p > 1 else [])
-        if _FRACTION.fullmatch(ref) or _TEX_FRACTION.fullmatch(ref):
+        if _fraction_parts(ref):
             values = [a / b for a, b in near] + [value * 10, value / 10, value + 0.1]
             values = [v for v in values if abs(v - value) > 0.005 and 0 < v < 1000]
             v = rng.choice(values)
-            out = f"{v * 100:.0f}%" if rng.random() < 0.2 and abs(v * 100 - round(v * 100)) < 1e-9 else _decimal(v)
+            out = f"{v * 100:.0f}%" if rng.random() < 0.2 and abs(v * 100 - round(v * 100)) < 1e-9 \
+                else _exact_decimal(v, 3) or f"{v:.2f}"
         else:
             a, b = rng.choice([(a, b) for a, b in near if a * q != p * b and b])
             out = f"{a}/{b}"
@@ -634,9 +642,8 @@ def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, .
     elif g.kind == "fraction" and _FRACTION.fullmatch(ref):
         p, q = (int(x) for x in _FRACTION.fullmatch(ref).groups())
         for factor in (10, 0.1):
-            value = p / q * factor
-            decimal = f"{value:.6f}".rstrip("0").rstrip(".")
-            if len(decimal) <= 7 and abs(value - float(decimal)) < 1e-12:
+            decimal = _exact_decimal(p / q * factor, 6)
+            if decimal and len(decimal) <= 7:
                 neg.append(maybe_wrap(decimal))
     elif g.kind == "option" and _LETTER.fullmatch(ref):
         letter = _LETTER.fullmatch(ref).group(1)
@@ -644,6 +651,12 @@ def hard_cases(g: Group, t: Templates, rng: random.Random) -> tuple[tuple[str, .
         pos.append(f"{letter}) {_numeric_option_text(rng)}")
         neg.append(f"{other}) {_numeric_option_text(rng)}")
     return tuple(pos), tuple(neg)
+
+
+def check_share(name: str, share: object) -> None:
+    """A share of groups is a number in [0, 1] (not a bool); else a ValueError naming ``name``."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {share!r}")
 
 
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
@@ -661,8 +674,7 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
     for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share),
                         ("decoy_share", decoy_share)):
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {share!r}")
+        check_share(name, share)
     extra = random.Random(seed + _EXTRA_SEED)
     echo_rng = random.Random(seed + 2 * _EXTRA_SEED)
     decoy_rng = random.Random(seed + 3 * _EXTRA_SEED)
@@ -691,14 +703,13 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
                 g = Group(kind, g.reference, positives, negatives)
             if hedge_share and extra.random() < hedge_share:
                 h = hedge(g, templates, extra)
-                g = Group(kind, g.reference, positives, negatives, (h,) if h else ())
+                g = replace(g, hedges=(h,) if h else ())
             if echo_share and echo_rng.random() < echo_share:
                 e = echo(g, templates, echo_rng)
-                g = Group(kind, g.reference, positives, negatives, g.hedges, (e,) if e else ())
+                g = replace(g, echoes=(e,) if e else ())
             if decoy_share and kind in ("number", "fraction") and decoy_rng.random() < decoy_share:
                 d = decoy(g, templates, decoy_rng)
-                if d and d not in positives:
-                    g = Group(kind, g.reference, positives, negatives, g.hedges, g.echoes, (d,))
+                g = replace(g, decoys=(d,) if d and d not in positives else ())
             out.append(g)
             made += 1
     return out

@@ -208,9 +208,7 @@ class Recipe:
             raise ValueError(f"empty_target must be a number in [-1, 0.5), got {self.empty_target!r}")
         for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share",
                      "short_answer_echo_share", "short_answer_decoy_share"):
-            share = getattr(self, name)
-            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {share!r}")
+            shortanswers.check_share(name, getattr(self, name))
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
             raise ValueError(f"quant_activation_bits must be one of {ACTIVATION_BITS}, "
                              f"got {self.quant_activation_bits!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 
@@ -184,8 +185,12 @@ def _value(text: str) -> float | None:
         return float(text[:-1]) / 100
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
         return float(text)
-    words = {sa.number_words(n): n for n in range(-1000, 10_001)}
-    return words.get(text)
+    return _number_words().get(text)
+
+
+@functools.cache
+def _number_words() -> dict[str, int]:
+    return {sa.number_words(n): n for n in range(-1000, 10_001)}
 
 
 @pytest.mark.parametrize("templates", [sa.TRAIN, sa.PROBE], ids=["train", "probe"])
