@@ -37,6 +37,8 @@ class Group:
                                   # candidates ("72 or seventy-two"): still the answer
     decoys: tuple[str, ...] = ()  # a different answer in another form than the reference's
                                   # ("seventy-three" or "0.7" against "72" or "1/2"): not the answer
+    counterparts: tuple[str, ...] = ()  # the right answer in a decoy's form and wrapper ("seventy-two",
+                                        # "0.5"): the answer, so only the value tells it from the decoy
 
 
 # --- number words ----------------------------------------------------------------------------------
@@ -577,13 +579,17 @@ def _fraction_parts(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
-    """A different answer written in another form than the reference: a near miss in words against
-    an integer in digits ("seventy-three" against "72") and in plain digits against one in any other
-    form (words, separators, scientific); a wrong value as a decimal or percent against a fraction
-    ("0.7" against "1/2") and as a fraction against a decimal. A model that learned "another form
-    of the reference is the same answer" pays these (v8 paid any bare decimal against "1/2" about
-    0.9). None for other kinds, or when the group's answers do not show the value."""
+def decoy(g: Group, t: Templates, rng: random.Random) -> tuple[str, str | None] | None:
+    """(decoy, counterpart): a different answer written in another form than the reference, and the
+    right answer written in the decoy's form and wrapper (None when that form cannot show the value
+    exactly). A near miss in words against an integer in digits ("seventy-three" against "72",
+    counterpart "seventy-two") and in plain digits against one in any other form (words,
+    separators, scientific); a wrong value as a decimal or percent against a fraction ("0.7" against
+    "1/2", counterpart "0.5") and as a fraction against a decimal ("2/3" against "0.5", counterpart
+    "1/2"). A model that learned "another form of the reference is the same answer" pays the decoys
+    (v8 paid any bare decimal against "1/2" about 0.9); one that learned "another form is wrong"
+    refuses the counterparts. None for other kinds, or when the group's answers do not show the
+    value."""
     right, _ = bare_answers(g, t)
     ref = g.reference.strip()
     out = None
@@ -594,7 +600,10 @@ def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
         wrong = rng.choice(_near_ints(ints[0], rng))
         if abs(wrong) > 10**6:
             return None
-        out = number_words(wrong) if _INT.fullmatch(ref) else str(wrong)
+        if _INT.fullmatch(ref):
+            out, counterpart = number_words(wrong), number_words(ints[0])
+        else:
+            out, counterpart = str(wrong), str(ints[0])
     elif g.kind == "fraction":
         parts = [pq for pq in map(_fraction_parts, right) if pq]
         if not parts:
@@ -606,14 +615,21 @@ def decoy(g: Group, t: Templates, rng: random.Random) -> str | None:
             values = [a / b for a, b in near] + [value * 10, value / 10, value + 0.1]
             values = [v for v in values if abs(v - value) > 0.005 and 0 < v < 1000]
             v = rng.choice(values)
-            out = f"{v * 100:.0f}%" if rng.random() < 0.2 and abs(v * 100 - round(v * 100)) < 1e-9 \
-                else _exact_decimal(v, 3) or f"{v:.2f}"
+            if rng.random() < 0.2 and abs(v * 100 - round(v * 100)) < 1e-9:
+                out = f"{v * 100:.0f}%"
+                counterpart = f"{value * 100:g}%" if _exact_decimal(value * 100, 6) == f"{value * 100:g}" else None
+            else:
+                out = _exact_decimal(v, 3) or f"{v:.2f}"
+                counterpart = _exact_decimal(value, 4)
         else:
             a, b = rng.choice([(a, b) for a, b in near if a * q != p * b and b])
-            out = f"{a}/{b}"
+            out, counterpart = f"{a}/{b}", f"{p}/{q}"
     if out is None:
         return None
-    return out if rng.random() < 0.5 else _wrap(t, out, rng)
+    if rng.random() < 0.5:
+        return out, counterpart
+    wrapper = rng.choice(t.wrappers)
+    return wrapper.format(out), wrapper.format(counterpart) if counterpart is not None else None
 
 
 def _numeric_option_text(rng: random.Random) -> str:
@@ -708,8 +724,10 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
                 e = echo(g, templates, echo_rng)
                 g = replace(g, echoes=(e,) if e else ())
             if decoy_share and kind in ("number", "fraction") and decoy_rng.random() < decoy_share:
-                d = decoy(g, templates, decoy_rng)
-                g = replace(g, decoys=(d,) if d and d not in positives else ())
+                made_decoy = decoy(g, templates, decoy_rng)
+                if made_decoy and made_decoy[0] not in positives:
+                    d, c = made_decoy
+                    g = replace(g, decoys=(d,), counterparts=(c,) if c and c not in negatives else ())
             out.append(g)
             made += 1
     return out
@@ -719,17 +737,18 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
                       weights: dict[str, float] | None = None,
                       identity_share: float = 0.5, empty_share: float = 0.15,
                       hedge_share: float = 0.0, hard_share: float = 0.0,
-                      echo_share: float = 0.0, decoy_share: float = 0.0) -> list[tuple[str, str, float]]:
+                      echo_share: float = 0.0, decoy_share: float = 0.0,
+                      counterparts: bool = False) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive and echo at
-    ``positive``, every negative, hedge and decoy at ``negative``, and for a share of groups the exact
-    match (reference, reference) and an exact match of one of its longer responses, at
-    ``positive``."""
+    ``positive`` (and with ``counterparts`` each decoy's counterpart), every negative, hedge and decoy
+    at ``negative``, and for a share of groups the exact match (reference, reference) and an exact
+    match of one of its longer responses, at ``positive``."""
     rng = random.Random(seed + 1)
     out = []
     for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
                     hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share,
                     decoy_share=decoy_share):
-        out += [(g.reference, p, positive) for p in g.positives + g.echoes]
+        out += [(g.reference, p, positive) for p in g.positives + g.echoes + (g.counterparts if counterparts else ())]
         out += [(g.reference, x, negative) for x in g.negatives + g.hedges + g.decoys]
         if rng.random() < identity_share:
             out.append((g.reference, g.reference, positive))
@@ -742,7 +761,8 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
 
 # (references, responses) -> scores in [0, 1]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
-METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5", "hedged<0.5", "decoy<0.5")
+METRICS = ("pairwise", "same>=0.5", "different<0.5", "exact", "empty<0.5", "hedged<0.5", "decoy<0.5",
+           "counterpart>=0.5")
 
 
 def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, float]]:
@@ -753,18 +773,20 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
     scores < 0.5 (an RL policy that answers nothing must not be paid), and the share of hedges
     (the right answer listed among wrong ones, "72 or 73") scored < 0.5 (NaN without hedges), and
     the share of decoys (a wrong answer in another form than the reference, "0.7" against "1/2")
-    scored < 0.5 (NaN without decoys)."""
+    scored < 0.5 and of their counterparts (the right answer in the decoy's form, "0.5") scored
+    >= 0.5 (NaN without them): a model can refuse decoys by refusing every other form, and the
+    counterparts show it."""
     refs, resps, where = [], [], []
     for gi, g in enumerate(gs):
         for role, texts in (("pos", g.positives), ("neg", g.negatives), ("exact", (g.reference,)), ("empty", ("",)),
-                            ("hedge", g.hedges), ("decoy", g.decoys)):
+                            ("hedge", g.hedges), ("decoy", g.decoys), ("counterpart", g.counterparts)):
             for text in texts:
                 refs.append(g.reference)
                 resps.append(text)
                 where.append((gi, role))
     scores = [float(s) for s in scorer(refs, resps)] if refs else []
     per_group: list[dict[str, list[float]]] = [{"pos": [], "neg": [], "exact": [], "empty": [], "hedge": [],
-                                                "decoy": []} for _ in gs]
+                                                "decoy": [], "counterpart": []} for _ in gs]
     for (gi, role), s in zip(where, scores):
         per_group[gi][role].append(s)
     out: dict[str, dict[str, float]] = {}
@@ -778,14 +800,17 @@ def evaluate_groups(gs: Sequence[Group], scorer: Scorer) -> dict[str, dict[str, 
         empty = [e for pg in chosen for e in pg["empty"]]
         hedges = [h for pg in chosen for h in pg["hedge"]]
         decoys = [d for pg in chosen for d in pg["decoy"]]
+        counterparts = [c for pg in chosen for c in pg["counterpart"]]
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         out[kind] = {"pairwise": mean(order), "same>=0.5": mean([float(p >= 0.5) for p in pos]),
                      "different<0.5": mean([float(n < 0.5) for n in neg]), "exact": mean(exact),
                      "empty<0.5": mean([float(e < 0.5) for e in empty]),
                      "hedged<0.5": mean([float(h < 0.5) for h in hedges]),
                      "decoy<0.5": mean([float(d < 0.5) for d in decoys]),
+                     "counterpart>=0.5": mean([float(c >= 0.5) for c in counterparts]),
                      "groups": float(len(chosen)),
-                     "pairs": float(len(pos) + len(neg) + len(exact) + len(empty) + len(hedges) + len(decoys))}
+                     "pairs": float(len(pos) + len(neg) + len(exact) + len(empty) + len(hedges) + len(decoys)
+                                    + len(counterparts))}
     return out
 
 

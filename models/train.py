@@ -137,6 +137,8 @@ class Recipe:
     short_answer_decoy_share: float = 0.0   # share of number and fraction groups given a decoy negative
                                             # ("0.7" against "1/2": a wrong answer in another form,
                                             # shortanswers.decoy)
+    short_answer_counterparts: bool = False # each decoy's counterpart as a positive: the right answer
+                                            # in the decoy's form ("0.5" beside "0.7" against "1/2")
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -209,6 +211,11 @@ class Recipe:
         for name in ("short_answer_empty_share", "short_answer_hedge_share", "short_answer_hard_share",
                      "short_answer_echo_share", "short_answer_decoy_share"):
             shortanswers.check_share(name, getattr(self, name))
+        for name in ("alternate_orders", "short_answer_counterparts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.short_answer_counterparts and not self.short_answer_decoy_share:
+            raise ValueError("short_answer_counterparts needs short_answer_decoy_share > 0 (the decoys they answer)")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
             raise ValueError(f"quant_activation_bits must be one of {ACTIVATION_BITS}, "
                              f"got {self.quant_activation_bits!r}")
@@ -322,7 +329,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
                                                hedge_share=r.short_answer_hedge_share,
                                                hard_share=r.short_answer_hard_share,
                                                echo_share=r.short_answer_echo_share,
-                                               decoy_share=r.short_answer_decoy_share)
+                                               decoy_share=r.short_answer_decoy_share,
+                                               counterparts=r.short_answer_counterparts)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out

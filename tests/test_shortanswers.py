@@ -224,13 +224,45 @@ def test_a_decoy_is_a_wrong_value_in_another_form(templates):
     assert decoys and {t for a, b, t in rows if (a, b) in decoys} == {-0.2}
 
 
+@pytest.mark.parametrize("templates", [sa.TRAIN, sa.PROBE], ids=["train", "probe"])
+def test_a_counterpart_is_the_right_value_in_the_decoys_form(templates):
+    """"seventy-two" beside the decoy "seventy-three" against "72", "0.5" beside "0.7" against
+    "1/2": the reference's value, the decoy's form and wrapper."""
+    gs = sa.groups(templates, 40, seed=6, decoy_share=1.0)
+    paired = [g for g in gs if g.counterparts]
+    assert len(paired) > 0.6 * len([g for g in gs if g.decoys])
+    checked = 0
+    for g in paired:
+        (d,), (c,) = g.decoys, g.counterparts
+        bare_d, bare_c = sa.unwrap(templates, d), sa.unwrap(templates, c)
+        assert d.replace(bare_d, "\0", 1) == c.replace(bare_c, "\0", 1), (d, c)  # one wrapper
+        ref_value, value = _value(g.reference), _value(bare_c)
+        if ref_value is not None and value is not None:
+            checked += 1
+            assert abs(ref_value - value) < 1e-9, (g, c)
+            digits = lambda x: any(c.isdigit() for c in x)  # noqa: E731
+            slash = lambda x: "/" in x  # noqa: E731
+            percent = lambda x: x.endswith("%")  # noqa: E731
+            assert (digits(bare_c), slash(bare_c), percent(bare_c)) == \
+                (digits(bare_d), slash(bare_d), percent(bare_d)), (d, c)
+        assert c not in g.negatives
+    assert checked > 0.8 * len(paired)
+    off = sa.training_examples(10, seed=0, decoy_share=1.0)
+    on = sa.training_examples(10, seed=0, decoy_share=1.0, counterparts=True)
+    pairs = [(g.reference, c) for g in sa.groups(sa.TRAIN, 10, seed=0, decoy_share=1.0) for c in g.counterparts]
+    assert pairs  # some repeat a positive ("0.5" against "1/2"): counted again, as the decoy is
+    assert sorted(on) == sorted(off + [(a, b, 1.0) for a, b in pairs])
+
+
 def test_evaluate_groups_reports_decoys():
-    g = sa.Group("fraction", "1/2", ("0.5",), ("1/3",), decoys=("0.7",))
-    table = {"0.5": 0.9, "1/3": 0.1, "0.7": 0.8, "1/2": 1.0, "": 0.0}
+    g = sa.Group("fraction", "1/2", ("0.5",), ("1/3",), decoys=("0.7",), counterparts=("Answer: 0.5",))
+    table = {"0.5": 0.9, "1/3": 0.1, "0.7": 0.8, "1/2": 1.0, "": 0.0, "Answer: 0.5": 0.4}
     out = sa.evaluate_groups([g], lambda refs, resps: [table[r] for r in resps])
-    assert out["fraction"]["decoy<0.5"] == 0.0 and out["fraction"]["pairs"] == 5
+    assert out["fraction"]["decoy<0.5"] == 0.0 and out["fraction"]["pairs"] == 6
+    assert out["fraction"]["counterpart>=0.5"] == 0.0 and out["fraction"]["pairwise"] == 1.0
     plain = sa.evaluate_groups([sa.Group("yesno", "yes", ("Yes.",), ("no",))], lambda refs, resps: [0.5] * len(resps))
     assert plain["yesno"]["decoy<0.5"] != plain["yesno"]["decoy<0.5"]  # NaN: no decoys
+    assert plain["yesno"]["counterpart>=0.5"] != plain["yesno"]["counterpart>=0.5"]
     assert "decoy<0.5" in sa.format_table({"m": out})
 
 

@@ -234,7 +234,9 @@ def test_selection_with_a_synonym_control_limit():
                                           ("quant_consistency_tail", -1), ("quant_consistency_tail", 1.0),
                                           ("short_answer_empty_share", 1.5), ("quant_simulation", "gauss"),
                                           ("short_answer_hedge_share", -0.1), ("short_answer_hedge_share", True),
-                                          ("short_answer_hard_share", 2), ("short_answer_echo_share", -1)])
+                                          ("short_answer_hard_share", 2), ("short_answer_echo_share", -1),
+                                          ("short_answer_counterparts", 1), ("short_answer_counterparts", True),
+                                          ("alternate_orders", "yes")])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
