@@ -678,19 +678,22 @@ def check_share(name: str, share: object) -> None:
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
            kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None,
            hedge_share: float = 0.0, hard_share: float = 0.0, echo_share: float = 0.0,
-           decoy_share: float = 0.0) -> list[Group]:
+           decoy_share: float = 0.0, decoys_per_group: int = 1) -> list[Group]:
     """``per_kind`` groups of each kind (times ``weights[kind]``, default 1), seeded; a share of
     groups gets an empty or whitespace-only response among its negatives (low against any
     non-empty reference). ``hedge_share`` of the groups get a :func:`hedge` (in ``hedges``),
     ``hard_share`` the :func:`hard_cases` of their kind, ``echo_share`` an :func:`echo` (in
-    ``echoes``), ``decoy_share`` a :func:`decoy` (in ``decoys``; numbers and fractions only); they
-    come from random streams of their own, so the references, positives and negatives are the same
-    whatever the shares, and the hedges whatever ``echo_share`` and ``decoy_share``."""
+    ``echoes``), ``decoy_share`` up to ``decoys_per_group`` distinct :func:`decoy` s (in ``decoys``,
+    their counterparts in ``counterparts``; numbers and fractions only); they come from random
+    streams of their own, so the references, positives and negatives are the same whatever the
+    shares, and the hedges whatever ``echo_share`` and ``decoy_share``."""
     if per_kind < 0:
         raise ValueError(f"per_kind must be >= 0, got {per_kind}")
     for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share),
                         ("decoy_share", decoy_share)):
         check_share(name, share)
+    if isinstance(decoys_per_group, bool) or not isinstance(decoys_per_group, int) or decoys_per_group < 1:
+        raise ValueError(f"decoys_per_group must be an int >= 1, got {decoys_per_group!r}")
     extra = random.Random(seed + _EXTRA_SEED)
     echo_rng = random.Random(seed + 2 * _EXTRA_SEED)
     decoy_rng = random.Random(seed + 3 * _EXTRA_SEED)
@@ -724,10 +727,16 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
                 e = echo(g, templates, echo_rng)
                 g = replace(g, echoes=(e,) if e else ())
             if decoy_share and kind in ("number", "fraction") and decoy_rng.random() < decoy_share:
-                made_decoy = decoy(g, templates, decoy_rng)
-                if made_decoy and made_decoy[0] not in positives:
-                    d, c = made_decoy
-                    g = replace(g, decoys=(d,), counterparts=(c,) if c and c not in negatives else ())
+                decoys: dict[str, None] = {}
+                counterparts: dict[str, None] = {}
+                for _ in range(decoys_per_group):
+                    made_decoy = decoy(g, templates, decoy_rng)
+                    if made_decoy and made_decoy[0] not in positives:
+                        d, c = made_decoy
+                        decoys[d] = None
+                        if c and c not in negatives:
+                            counterparts[c] = None
+                g = replace(g, decoys=tuple(decoys), counterparts=tuple(counterparts))
             out.append(g)
             made += 1
     return out
@@ -738,7 +747,7 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
                       identity_share: float = 0.5, empty_share: float = 0.15,
                       hedge_share: float = 0.0, hard_share: float = 0.0,
                       echo_share: float = 0.0, decoy_share: float = 0.0,
-                      counterparts: bool = False) -> list[tuple[str, str, float]]:
+                      counterparts: bool = False, decoys_per_group: int = 1) -> list[tuple[str, str, float]]:
     """(reference, response, target) rows from ``TRAIN`` groups: every positive and echo at
     ``positive`` (and with ``counterparts`` each decoy's counterpart), every negative, hedge and decoy
     at ``negative``, and for a share of groups the exact match (reference, reference) and an exact
@@ -747,7 +756,7 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
     out = []
     for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
                     hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share,
-                    decoy_share=decoy_share):
+                    decoy_share=decoy_share, decoys_per_group=decoys_per_group):
         out += [(g.reference, p, positive) for p in g.positives + g.echoes + (g.counterparts if counterparts else ())]
         out += [(g.reference, x, negative) for x in g.negatives + g.hedges + g.decoys]
         if rng.random() < identity_share:

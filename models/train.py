@@ -139,6 +139,7 @@ class Recipe:
                                             # shortanswers.decoy)
     short_answer_counterparts: bool = False # each decoy's counterpart as a positive: the right answer
                                             # in the decoy's form ("0.5" beside "0.7" against "1/2")
+    short_answer_decoys_per_group: int = 1  # decoys drawn per chosen group (distinct ones kept)
     short_answer_dev_groups: int = 0   # held-out groups per kind (TRAIN templates, another seed) whose
                                        # pairwise order accuracy joins the dev selection score
     # INT8 consistency: each step also scores the batch with the encoder's Linears on simulated
@@ -214,6 +215,9 @@ class Recipe:
         for name in ("alternate_orders", "short_answer_counterparts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        v = self.short_answer_decoys_per_group
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"short_answer_decoys_per_group must be an int >= 1, got {v!r}")
         if self.short_answer_counterparts and not self.short_answer_decoy_share:
             raise ValueError("short_answer_counterparts needs short_answer_decoy_share > 0 (the decoys they answer)")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
@@ -330,7 +334,8 @@ def build_examples(rows: list[dict], r: Recipe, rng: random.Random) -> list[tupl
                                                hard_share=r.short_answer_hard_share,
                                                echo_share=r.short_answer_echo_share,
                                                decoy_share=r.short_answer_decoy_share,
-                                               counterparts=r.short_answer_counterparts)
+                                               counterparts=r.short_answer_counterparts,
+                                               decoys_per_group=r.short_answer_decoys_per_group)
         out += [(e, e) for e in short]  # the reference first in both epochs: answers are not symmetric
         log.info("short-answer examples: %d from %d groups per kind", len(short), r.short_answer_groups)
     return out

@@ -254,6 +254,22 @@ def test_a_counterpart_is_the_right_value_in_the_decoys_form(templates):
     assert sorted(on) == sorted(off + [(a, b, 1.0) for a, b in pairs])
 
 
+def test_more_decoys_per_group_keep_the_first_and_stay_distinct():
+    one = sa.groups(sa.TRAIN, 30, seed=8, decoy_share=1.0)
+    three = sa.groups(sa.TRAIN, 30, seed=8, decoy_share=1.0, decoys_per_group=3)
+    assert [(g.reference, g.positives, g.negatives) for g in one] == \
+        [(g.reference, g.positives, g.negatives) for g in three]
+    first = next(i for i, g in enumerate(one) if g.decoys)  # the stream is shared up to the first decoy
+    assert three[first].decoys[0] == one[first].decoys[0]
+    assert sum(len(g.decoys) for g in three) > 2 * sum(len(g.decoys) for g in one)
+    for g in three:
+        assert len(set(g.decoys)) == len(g.decoys) <= 3 and len(set(g.counterparts)) == len(g.counterparts)
+        assert not set(g.decoys) & set(g.positives) and not set(g.counterparts) & set(g.negatives)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="decoys_per_group"):
+            sa.groups(sa.TRAIN, 1, seed=0, decoys_per_group=bad)
+
+
 def test_evaluate_groups_reports_decoys():
     g = sa.Group("fraction", "1/2", ("0.5",), ("1/3",), decoys=("0.7",), counterparts=("Answer: 0.5",))
     table = {"0.5": 0.9, "1/3": 0.1, "0.7": 0.8, "1/2": 1.0, "": 0.0, "Answer: 0.5": 0.4}

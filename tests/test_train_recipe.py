@@ -236,7 +236,8 @@ def test_selection_with_a_synonym_control_limit():
                                           ("short_answer_hedge_share", -0.1), ("short_answer_hedge_share", True),
                                           ("short_answer_hard_share", 2), ("short_answer_echo_share", -1),
                                           ("short_answer_counterparts", 1), ("short_answer_counterparts", True),
-                                          ("alternate_orders", "yes")])
+                                          ("alternate_orders", "yes"), ("short_answer_decoys_per_group", 0),
+                                          ("short_answer_decoys_per_group", 2.0)])
 def test_recipe_rejects_out_of_range_teacher_and_cap(field, value):
     with pytest.raises(ValueError, match=field):
         train.Recipe(**{field: value})
