@@ -23,7 +23,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-KINDS = ("number", "quantity", "fraction", "yesno", "option", "date", "entity", "worked")
+KINDS = ("number", "quantity", "fraction", "yesno", "option", "date", "entity", "worked", "chain")
+# kinds training draws only when a recipe's kind weights name them: older recipes keep their data
+OPT_IN_KINDS = ("chain",)
 
 
 @dataclass(frozen=True)
@@ -492,9 +494,52 @@ def _worked(t: Templates, rng: random.Random) -> Group:
     return Group("worked", reference, tuple(positives), tuple(negatives))
 
 
+def _steps_to(t: Templates, rng: random.Random, k: int) -> tuple[list[str], list[int]]:
+    """``k`` chained arithmetic steps, each starting from the result before it: (steps, results)."""
+    x = rng.randint(2, 60)
+    steps, results = [], []
+    for _ in range(k):
+        tpl, op = rng.choice(t.worked_steps)
+        if op == "*" and abs(x) > 2000:
+            tpl, op = rng.choice([s for s in t.worked_steps if s[1] != "*"])
+        b = rng.randint(2, 9) if op == "*" else rng.randint(1, 40)
+        c = x * b if op == "*" else (x - b if op == "-" else x + b)
+        steps.append(tpl.format(a=x, b=b, c=c))
+        results.append(c)
+        x = c
+    return steps, results
+
+
+def _chain(t: Templates, rng: random.Random) -> Group:
+    """A worked solution whose steps compute the final answer, as real rollouts write them ("12 * 6
+    = 72. The answer is 72."): the right answer is the last step's result. Wrong ones: the last
+    step miscalculated and its result given; the right steps with another final answer; the right
+    number reached and then carried one step further (it passes through the reasoning)."""
+    k = rng.randint(1, 3)
+    steps, results = _steps_to(t, rng, k)
+    n = results[-1]
+    ending = lambda x: rng.choice(t.worked_endings).format(x)  # noqa: E731
+    positives = [" ".join(steps + [ending(n)])]
+    more, more_results = _steps_to(t, rng, rng.randint(1, 3))  # another solution reaching n
+    shift = n - more_results[-1]
+    if shift:
+        tpl, _ = rng.choice([s for s in t.worked_steps if s[1] == ("+" if shift > 0 else "-")])
+        more.append(tpl.format(a=more_results[-1], b=abs(shift), c=n))
+    positives.append(" ".join(more + [ending(n)]))
+    wrong = [w for w in _near_ints(n, rng) if w != n]
+    w = rng.choice(wrong)
+    miscalculated = steps[:-1] + [steps[-1].rsplit(str(n), 1)[0] + str(w) + steps[-1].rsplit(str(n), 1)[1]]
+    negatives = [" ".join(miscalculated + [ending(w)]), " ".join(steps + [ending(rng.choice(wrong))])]
+    tpl, op = rng.choice([s for s in t.worked_steps if s[1] in "+-"])
+    b = rng.randint(1, 12)
+    further = n + b if op == "+" else n - b
+    negatives.append(" ".join(steps + [tpl.format(a=n, b=b, c=further), ending(further)]))
+    return Group("chain", str(n), tuple(dict.fromkeys(positives)), tuple(dict.fromkeys(negatives)))
+
+
 GENERATORS: dict[str, Callable[[Templates, random.Random], Group]] = {
     "number": _number, "quantity": _quantity, "fraction": _fraction, "yesno": _yesno, "option": _option,
-    "date": _date, "entity": _entity, "worked": _worked,
+    "date": _date, "entity": _entity, "worked": _worked, "chain": _chain,
 }
 EMPTY_RESPONSES = ("", " ", "\n", "   \t ", "\n\n")
 
@@ -526,7 +571,7 @@ def bare_answers(g: Group, t: Templates) -> tuple[tuple[str, ...], tuple[str, ..
     """(right, wrong): the group's answers without wrappers, as a hedge lists them; two empty
     tuples for a kind without bare answers (worked solutions) or an unrecognised reference."""
     ref = g.reference.strip()
-    if g.kind == "worked":
+    if g.kind in ("worked", "chain"):
         return (), ()
     if g.kind == "yesno":
         opposite = _OPPOSITE.get(ref.lower())
@@ -742,6 +787,12 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
     return out
 
 
+def training_kinds(weights: dict[str, float] | None) -> tuple[str, ...]:
+    """The kinds training draws: every kind but the opt-in ones (``OPT_IN_KINDS``) a recipe's kind
+    ``weights`` do not name, so adding a kind never changes an older recipe's data."""
+    return tuple(k for k in KINDS if k not in OPT_IN_KINDS or k in (weights or {}))
+
+
 def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative: float = 0.0,
                       weights: dict[str, float] | None = None,
                       identity_share: float = 0.5, empty_share: float = 0.15,
@@ -754,7 +805,7 @@ def training_examples(per_kind: int, seed: int, positive: float = 1.0, negative:
     match of one of its longer responses, at ``positive``."""
     rng = random.Random(seed + 1)
     out = []
-    for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights,
+    for g in groups(TRAIN, per_kind, seed, empty_share=empty_share, weights=weights, kinds=training_kinds(weights),
                     hedge_share=hedge_share, hard_share=hard_share, echo_share=echo_share,
                     decoy_share=decoy_share, decoys_per_group=decoys_per_group):
         out += [(g.reference, p, positive) for p in g.positives + g.echoes + (g.counterparts if counterparts else ())]

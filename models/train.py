@@ -483,6 +483,7 @@ def short_dev_groups(r: Recipe) -> list[shortanswers.Group]:
     if not r.short_answer_dev_groups:
         return []
     return shortanswers.groups(shortanswers.TRAIN, r.short_answer_dev_groups, r.seed + 7919,
+                               kinds=shortanswers.training_kinds(r.short_answer_kind_weights),
                                hedge_share=1.0 if r.short_answer_hedge_share else 0.0,
                                decoy_share=1.0 if r.short_answer_decoy_share else 0.0)
 

@@ -19,6 +19,30 @@ def test_number_words():
     assert sa.number_words(3_000_000) == "three million"
 
 
+def test_a_chain_reaches_its_answer_in_its_last_step():
+    """Rollouts compute the answer in the last step ("12 * 6 = 72. The answer is 72."): a chain's
+    positives end on the reference in their last step; its negatives miscalculate the last step,
+    state another answer, or carry the right number one step further."""
+    import re
+
+    for templates in (sa.TRAIN, sa.PROBE):
+        gs = [g for g in sa.groups(templates, 40, seed=9) if g.kind == "chain"]
+        assert len(gs) == 40
+        for g in gs:
+            n = int(g.reference)
+            for p in g.positives:
+                numbers = [int(x) for x in re.findall(r"-?\d+", p)]
+                assert numbers[-1] == n and numbers[-2] == n, p  # the last step's result, then the answer
+            for x in (x for x in g.negatives if x.strip()):  # (and, for some, an empty response)
+                assert int(re.findall(r"-?\d+", x)[-1]) != n, x
+            assert any(str(n) in x for x in g.negatives)  # the right number passes through a wrong one
+    # training draws chains only when a recipe weighs them: older recipes keep their data
+    assert "chain" not in sa.training_kinds(None) and "chain" in sa.training_kinds({"chain": 1})
+    rows = sa.training_examples(3, seed=1)
+    assert rows == sa.training_examples(3, seed=1, weights={"number": 1})
+    assert len(sa.training_examples(3, seed=1, weights={"chain": 1})) > len(rows)
+
+
 def test_groups_are_seeded_and_every_kind_is_there():
     a = sa.groups(sa.TRAIN, 5, seed=3)
     assert a == sa.groups(sa.TRAIN, 5, seed=3) and a != sa.groups(sa.TRAIN, 5, seed=4)
@@ -99,8 +123,8 @@ def test_hedges_and_hard_cases_leave_the_groups_as_they_were():
 def test_a_hedge_lists_the_right_answer_among_wrong_ones(templates):
     gs = sa.groups(templates, 40, seed=2, hedge_share=1.0)
     hedged = [g for g in gs if g.hedges]
-    assert {g.kind for g in hedged} == set(sa.KINDS) - {"worked"}
-    assert len(hedged) > 0.9 * len([g for g in gs if g.kind != "worked"])
+    assert {g.kind for g in hedged} == set(sa.KINDS) - {"worked", "chain"}
+    assert len(hedged) > 0.9 * len([g for g in gs if g.kind not in ("worked", "chain")])
     for g in hedged:
         right, wrong = sa.bare_answers(g, templates)
         (h,) = g.hedges
@@ -288,7 +312,7 @@ def test_eval_prints_the_short_answer_table_torch_free(tiny_int8, capsys, tmp_pa
     out = tmp_path / "eval.json"
     assert main(["eval", str(tiny_int8[0]), "--no-baselines", "--probe-groups", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "Short answers: 24 generated probe groups" in text
+    assert f"Short answers: {3 * len(sa.KINDS)} generated probe groups" in text
     for kind in sa.KINDS:
         assert f"**{kind}** (n=3)" in text
     report = json.loads(out.read_text())
