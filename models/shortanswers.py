@@ -528,7 +528,8 @@ def _chain(t: Templates, rng: random.Random) -> Group:
     positives.append(" ".join(more + [ending(n)]))
     wrong = [w for w in _near_ints(n, rng) if w != n]
     w = rng.choice(wrong)
-    miscalculated = steps[:-1] + [steps[-1].rsplit(str(n), 1)[0] + str(w) + steps[-1].rsplit(str(n), 1)[1]]
+    head, _, tail = steps[-1].rpartition(str(n))  # the result is the step's last number
+    miscalculated = steps[:-1] + [head + str(w) + tail]
     negatives = [" ".join(miscalculated + [ending(w)]), " ".join(steps + [ending(rng.choice(wrong))])]
     tpl, op = rng.choice([s for s in t.worked_steps if s[1] in "+-"])
     b = rng.randint(1, 12)
@@ -720,6 +721,12 @@ def check_share(name: str, share: object) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {share!r}")
 
 
+def check_count(name: str, count: object) -> None:
+    """A per-group count is an int >= 1 (not a bool); else a ValueError naming ``name``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {count!r}")
+
+
 def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 0.15,
            kinds: Sequence[str] = KINDS, weights: dict[str, float] | None = None,
            hedge_share: float = 0.0, hard_share: float = 0.0, echo_share: float = 0.0,
@@ -737,8 +744,7 @@ def groups(templates: Templates, per_kind: int, seed: int, empty_share: float = 
     for name, share in (("hedge_share", hedge_share), ("hard_share", hard_share), ("echo_share", echo_share),
                         ("decoy_share", decoy_share)):
         check_share(name, share)
-    if isinstance(decoys_per_group, bool) or not isinstance(decoys_per_group, int) or decoys_per_group < 1:
-        raise ValueError(f"decoys_per_group must be an int >= 1, got {decoys_per_group!r}")
+    check_count("decoys_per_group", decoys_per_group)
     extra = random.Random(seed + _EXTRA_SEED)
     echo_rng = random.Random(seed + 2 * _EXTRA_SEED)
     decoy_rng = random.Random(seed + 3 * _EXTRA_SEED)

@@ -215,9 +215,7 @@ class Recipe:
         for name in ("alternate_orders", "short_answer_counterparts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        v = self.short_answer_decoys_per_group
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"short_answer_decoys_per_group must be an int >= 1, got {v!r}")
+        shortanswers.check_count("short_answer_decoys_per_group", self.short_answer_decoys_per_group)
         if self.short_answer_counterparts and not self.short_answer_decoy_share:
             raise ValueError("short_answer_counterparts needs short_answer_decoy_share > 0 (the decoys they answer)")
         if self.quant_activation_bits not in ACTIVATION_BITS or isinstance(self.quant_activation_bits, bool):
