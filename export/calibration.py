@@ -97,11 +97,13 @@ def generate(seed: int = SEED, short_per_kind: int = 40) -> list[dict]:
     """The bundled pair set: ~3,000 distinct pairs, shuffled, alternately calibration and gate."""
     rng = random.Random(seed)
     rows: list[dict] = []
-    # the kinds older recipes train on (not the opt-in chains): the default model's plan was fitted
-    # and gated on these pairs (with chains, hedges and decoys v8's re-export failed the gate on a
-    # chain it scores wrongly; see the model card, "After v8")
-    for g in shortanswers.groups(shortanswers.TRAIN, short_per_kind, seed, kinds=shortanswers.training_kinds(None)):
-        for response in (*g.positives, *g.negatives, g.reference):
+    # every kind (chains too) with the responses RL rollouts also produce and the eval probes score:
+    # hedges, echoes, decoys and their counterparts (own random streams: the groups' other responses
+    # stay as they were). On the narrower set (no chains, hedges or decoys) v9's plan fitted
+    # activation scales that were 0.053 off its fp32 model on a probe pair (model card, "v9")
+    for g in shortanswers.groups(shortanswers.TRAIN, short_per_kind, seed, kinds=shortanswers.KINDS,
+                                 hedge_share=0.5, echo_share=0.25, decoy_share=1.0):
+        for response in (*g.positives, *g.negatives, g.reference, *g.hedges, *g.echoes, *g.decoys, *g.counterparts):
             rows.append({"reference": g.reference, "response": response, "kind": f"short-{g.kind}"})
     for _ in range(700):
         a, b = _sentence_pair(rng)

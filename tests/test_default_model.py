@@ -98,6 +98,19 @@ def test_default_model_rewards_the_right_final_answer():
     assert model.score("The correct option is (B).", "B") > 0.5 > model.score("The correct option is (C).", "B")
 
 
+def test_default_model_pays_a_right_worked_solution_that_computes_its_answer():
+    """How rollouts show their work: the steps lead to the final answer. v8 paid "Half of 144 is 72.
+    #### 72" 0.000 and "3/4 of 96 is 72, so \\boxed{72}" 0.272 against "72" (phrasings of neither
+    template set); a miscalculated last step or a right result carried on must stay unpaid."""
+    model = RewardModel()
+    right = ["We have 5 + 7 = 12, and 12 * 6 = 72. The answer is 72.", "Half of 144 is 72. #### 72",
+             "3/4 of 96 is 72, so \\boxed{72}"]
+    wrong = ["We have 5 + 7 = 12, and 12 * 6 = 74. The answer is 74.", "Half of 144 is 72, plus 1 is 73. #### 73",
+             "3/4 of 96 is 72, so \\boxed{70}"]
+    scores = model.batch_score(right + wrong, "72")
+    assert min(scores[:3]) > 0.5 > max(scores[3:]), dict(zip(right + wrong, scores))
+
+
 def test_default_model_does_not_pay_a_hedge():
     """Listing candidates is the next reward hack after the empty answer: v7 paid "It is either 71,
     72 or 73." 0.81 against "72" and "A, B, C or D" 0.62 against "B"."""
