@@ -317,8 +317,11 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         else:
             rejected.pop()  # the last one is this failure's
             tried = "" if not rejected else f" after {len(rejected)} other plan(s) were rejected too"
+            hint = ("" if not job.int8 else "; what can get it through: calibrating on pairs like your traffic "
+                    "(--calibration), the plan of an export that passed (--start-plan ARTIFACT.onnx), more "
+                    "fallback plans (--gate-retries), or --precision fp32")
             raise FidelityError(f"{cfg.precision} export of {str(job.files.root)!r} is over its fidelity budget "
-                                f"({'; '.join(verdict.failures)}){tried}; nothing was written",
+                                f"({'; '.join(verdict.failures)}){tried}; nothing was written{hint}",
                                 _report(job, output, fp32, verdict, plan, size, rejected))
         fid = {**verdict.fidelity.as_dict(), "max_raw_abs_diff": verdict.max_raw_abs_diff,
                "validation": job.held_out.description, "budget": budget_record(cfg.precision, cfg.budget)}

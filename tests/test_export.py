@@ -216,6 +216,7 @@ def test_over_budget_writes_nothing_and_keeps_previous_file(tiny_checkpoint, tmp
     with pytest.raises(FidelityError, match="over its fidelity budget") as info:
         export(tiny_checkpoint, out, cfg)
     assert info.value.report is not None and not info.value.report.passed
+    assert "--start-plan" in str(info.value) and "--precision fp32" in str(info.value)  # what to try next
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
