@@ -100,7 +100,7 @@ def generate(seed: int = SEED, short_per_kind: int = 40) -> list[dict]:
     # every kind (chains too) with the responses RL rollouts also produce and the eval probes score:
     # hedges, echoes, decoys and their counterparts (own random streams: the groups' other responses
     # stay as they were). On the narrower set (no chains, hedges or decoys) v9's plan fitted
-    # activation scales that were 0.053 off its fp32 model on a probe pair (model card, "v9")
+    # activation scales that were 0.053 off its fp32 model on a probe pair (model card, "INT8 artifact")
     for g in shortanswers.groups(shortanswers.TRAIN, short_per_kind, seed, kinds=shortanswers.KINDS,
                                  hedge_share=0.5, echo_share=0.25, decoy_share=1.0):
         for response in (*g.positives, *g.negatives, g.reference, *g.hedges, *g.echoes, *g.decoys, *g.counterparts):
