@@ -301,7 +301,9 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         candidate = work / "candidate.onnx"
         rejected: list[dict] = []
         for plan, search in attempts:
-            model = fp32.model if plan is None else quantize.quantize(fp32.model, plan, stats, cache)
+            model = (onnx.ModelProto.FromString(fp32.model.SerializeToString()) if plan is None
+                     else quantize.quantize(fp32.model, plan, stats, cache))
+            quantize.float16_exact_weights(model)  # lossless: half the bytes where float16 holds them
             record = None if plan is None else quantization_record(plan, search, cfg, model, rejected)
             spec = replace(job.spec, quantization=record)
             with stages("gate"):

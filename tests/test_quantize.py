@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rewardrt.export.quantize import (
-    ActivationStats, QuantPlan, activation_range, apply_plan, dequant_weights, float16_tables, int8_tables,
-    quantize_embedding_tables, residual_steps,
+    ActivationStats, QuantPlan, activation_range, apply_plan, dequant_weights, float16_exact_weights,
+    float16_tables, int8_tables, quantize_embedding_tables, residual_steps,
 )
 from rewardrt.runtime.session import make_session, session_options
 
@@ -454,3 +454,27 @@ def test_embedding_tables_are_stored_as_float16_by_default_or_as_int8_rows():
     assert quantize_embedding_tables(_embedding_graph(huge), "int8") == ["table"]
     with pytest.raises(ValueError, match="embedding_table"):
         QuantPlan({}, embedding_table="int4")
+
+
+def test_weights_float16_holds_exactly_are_stored_as_float16_and_score_bit_for_bit():
+    """A recipe's release_precision float16 makes trained weights float16-exact: stored as float16 +
+    Cast they take half the bytes, and onnxruntime folds the Cast at load, so every output is the
+    same float32 bit for bit. A weight float16 does not hold exactly stays fp32."""
+    rng = np.random.default_rng(11)
+    exact = (rng.standard_normal((K, N)) * 0.05).astype(np.float16).astype(np.float32)
+    inexact = exact.copy()
+    inexact[5, 7] += 1e-6  # one entry off the float16 grid
+    model = _graph({"q": exact, "v": inexact})
+    x = _activation(rng)
+    before = _run(model, x)
+    size = model.ByteSize()
+    assert float16_exact_weights(model, min_elements=1024) == ["Wq"]
+    stored = {t.name: t.data_type for t in model.graph.initializer}
+    assert stored == {"Wq.f16w": TensorProto.FLOAT16, "Wv": TensorProto.FLOAT}
+    assert [n.op_type for n in model.graph.node] == ["Cast", "MatMul", "MatMul"]
+    assert model.ByteSize() < size - K * N * 2 + 200
+    after = _run(model, x)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert float16_exact_weights(model, min_elements=1024) == []  # nothing left to store
+    assert float16_exact_weights(_graph({"q": exact})) == []  # 3,072 entries: under the default 4,096

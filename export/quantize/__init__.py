@@ -47,12 +47,13 @@ from rewardrt.export.quantize.plan import (
 )
 from rewardrt.export.quantize.sites import MatMulSite, quantizable_matmuls
 from rewardrt.export.quantize.weights import (
-    EMBEDDING_TABLES, dequant_weights, float16_tables, int8_tables, quantize_embedding_tables,
+    EMBEDDING_TABLES, dequant_weights, float16_exact_weights, float16_tables, int8_tables,
+    quantize_embedding_tables,
 )
 
 __all__ = [
     "ACTIVATION_BITS", "CHAINS", "EMBEDDING_TABLES", "GELU_FLOOR", "GELU_OPS", "INTEGER_SCHEMES", "QLINEAR_OPSET", "SCHEMES",
     "WEIGHT_ONLY_SCHEMES", "ActivationStats", "MatMulSite", "QuantPlan", "activation_range", "apply_plan",
-    "dequant_weights", "float16_tables", "gptq_int8", "int8_tables", "one_sided_range", "quantizable_matmuls", "quantize",
+    "dequant_weights", "float16_exact_weights", "float16_tables", "gptq_int8", "int8_tables", "one_sided_range", "quantizable_matmuls", "quantize",
     "quantize_embedding_tables", "raise_opset", "residual_steps", "smoothing_factors",
 ]
