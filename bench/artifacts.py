@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rewardrt.bench.config import BenchPlan
 from rewardrt.bench.engines import CT2, ENGINES, HOST_INT8, OPENVINO, EngineSpec, unavailable
+from rewardrt.runtime.integrity import weights_file
 
 log = logging.getLogger(__name__)
 SEEDED_HEAD_SEED = 0
@@ -323,5 +324,6 @@ def prepare(explicit: Path | None, out: Path, plan: BenchPlan, pairs: str | None
             model_files[engine.name] = [str(p) for p in sorted(paths[engine.name].iterdir())] + [str(files.tokenizer)]
         else:
             specs[engine.name] = EngineSpec(engine.name, engine.kind, str(paths[engine.name]))
-            model_files[engine.name] = [str(paths[engine.name])]
+            weights = weights_file(paths[engine.name])  # a --weights-file artifact is two files
+            model_files[engine.name] = [str(paths[engine.name])] + ([str(weights)] if weights else [])
     return Prepared(choice, specs, model_files, exports, skipped)

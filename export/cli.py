@@ -61,6 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="INT8: how the word-embedding table is stored: float16 (default; scores within "
                         "1e-3 of fp32 from it) or int8 rows (11.7 MB smaller for MiniLM, but its rounding "
                         "alone can move a near-miss short answer by 0.04)")
+    p.add_argument("--weights-file", action="store_true",
+                   help="keep the large tensors in one file beside the .onnx (OUT.onnx.<digest>.data, "
+                        "ONNX external data): onnxruntime maps it instead of copying it out of the graph, "
+                        "so a scoring process peaks ~40 MB lower and processes on one host share it; "
+                        "copy both files together (default: one self-contained .onnx)")
     p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
                    help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "
                         "of x + 0.1701, twice as fine as ±127; default on)")
@@ -116,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                            target=args.target, activation_bits=bits, weight_only=args.weight_only,
                            integer_schemes=_schemes(args.integer_schemes), gate_retries=args.gate_retries,
                            one_sided_gelu=args.one_sided_gelu, embedding_table=args.embedding_table,
+                           weights_file=args.weights_file,
                            start_from=None if args.start_plan == "none" else args.start_plan)
         with _sigterm_unwinds():
             report = export(args.checkpoint_dir, args.output, cfg)

@@ -112,6 +112,10 @@ class ExportConfig:
     # "int8" (rows with one scale each: 11.7 MB less, but its rounding alone moved near-miss short
     # answers by up to 0.04 on the default model, most of the budget, before any MatMul was quantized)
     embedding_table: str = "float16"
+    # keep the large tensors in one weights file beside the .onnx (ONNX external data, mapped by
+    # onnxruntime): ~40 MB lower peak memory when a process loads the default-size model, pages
+    # shared between processes; two files to copy together (see export/weightsfile.py)
+    weights_file: bool = False
     activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
     # the CPU family the artifact is verified for (see the presets above): "avx512-vnni", "avx2", or
     # "auto": the exporting CPU's, decided by the exporter when it runs (resolve_target)

@@ -37,7 +37,8 @@ from rewardrt.export.quantize import QuantPlan
 from rewardrt.export.reference import TorchReward
 from rewardrt.export.search import PlanSearch, adapted_plan, recorded_plan, search_plan
 from rewardrt.export.workdir import export_workdir, remove_stale_workdirs
-from rewardrt.runtime.integrity import fsync_dir, seal_bytes
+from rewardrt.export.weightsfile import externalize, previous_weights
+from rewardrt.runtime.integrity import KEY_WEIGHTS, fsync_dir, seal_bytes, weights_record
 from rewardrt.runtime.metrics import Fidelity
 from rewardrt.runtime.spec import (
     FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_TOKENIZER, ArtifactSpec, QuantizationRecord,
@@ -65,6 +66,7 @@ class ExportReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     target: str | None = None           # the CPU family an INT8 artifact is verified for
     graph_nodes: int = 0                # nodes of the written graph (quantize.compact keeps them few)
+    weights_file: str | None = None     # the weights file beside the .onnx (--weights-file), by name
 
     def describe(self) -> str:
         status = "PASS" if self.passed else "FAIL"
@@ -80,6 +82,8 @@ class ExportReport:
             + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in self.stage_seconds.items()) + ")"
                if self.stage_seconds else ""),
         ]
+        if self.weights_file:
+            lines.append(f"  weights in {self.weights_file} beside it (copy both files together)")
         if self.activation_bits == 8:
             lines.append("  activation codes: 8-bit, exact on CPUs with VNNI only (the runtime warns on "
                          "others); --target avx2 for an artifact that runs exactly on every x86 CPU")
@@ -104,19 +108,25 @@ def _versions() -> dict[str, str]:
             "tokenizers": tokenizers.__version__}
 
 
-def _write(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: str, path: Path) -> int:
+def _write(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: str, path: Path,
+           weights: bool = False) -> tuple[int, Path | None]:
     """Set the metadata, serialize and seal (content digest, see rewardrt.runtime.integrity), then
-    write and fsync; returns the file's size."""
+    write and fsync; with ``weights``, the large tensors go to a weights file beside ``path`` first
+    (see export/weightsfile.py), whose name, size and digest the sealed metadata records. Returns
+    the bytes written (both files) and the weights file (None without)."""
+    props = {KEY_FORMAT: str(FORMAT_VERSION), KEY_SPEC: spec.to_json(), KEY_TOKENIZER: tokenizer_json}
+    data = None
+    if weights:
+        model, data = externalize(model, path.parent, path.name)
+        props[KEY_WEIGHTS] = weights_record(data)
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {
-        KEY_FORMAT: str(FORMAT_VERSION), KEY_SPEC: spec.to_json(), KEY_TOKENIZER: tokenizer_json,
-    })
+    onnx.helper.set_model_props(model, props)
     model.producer_name = "rewardrt"
     with open(path, "wb") as f:
         f.write(seal_bytes(model.SerializeToString()))
         f.flush()
         os.fsync(f.fileno())
-    return path.stat().st_size
+    return path.stat().st_size + (data.stat().st_size if data is not None else 0), data
 
 
 class Stages:
@@ -298,16 +308,17 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                           job.tokenizer_json, job.spec.max_length, cfg.threads)
             stats = cal.stats
             attempts = _plans(fp32.model, cal, cfg, job.tokenizer_json, job.spec.max_length, cache, stages)
-        candidate = work / "candidate.onnx"
+        candidate = work / output.name  # a weights file's name starts with the output's
         rejected: list[dict] = []
         for plan, search in attempts:
             model = (onnx.ModelProto.FromString(fp32.model.SerializeToString()) if plan is None
                      else quantize.quantize(fp32.model, plan, stats, cache))
-            quantize.float16_exact_weights(model)  # lossless: half the bytes where float16 holds them
+            if not cfg.weights_file:  # lossless: half the bytes where float16 holds them (a weights
+                quantize.float16_exact_weights(model)  # file maps fp32 weights as they are instead)
             record = None if plan is None else quantization_record(plan, search, cfg, model, rejected)
             spec = replace(job.spec, quantization=record)
             with stages("gate"):
-                size = _write(model, spec, job.tokenizer_json, candidate)
+                size, _ = _write(model, spec, job.tokenizer_json, candidate, cfg.weights_file)
                 try:
                     verdict = gate(candidate, job.held_out, cfg.budget, cfg.precision, cfg.threads)
                     break
@@ -327,8 +338,14 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                                 _report(job, output, fp32, verdict, plan, size, rejected))
         fid = {**verdict.fidelity.as_dict(), "max_raw_abs_diff": verdict.max_raw_abs_diff,
                "validation": job.held_out.description, "budget": budget_record(cfg.precision, cfg.budget)}
-        size = _write(model, replace(spec, fidelity=fid), job.tokenizer_json, candidate)
+        size, data = _write(model, replace(spec, fidelity=fid), job.tokenizer_json, candidate, cfg.weights_file)
         result = _report(job, output, fp32, verdict, plan, size, rejected, len(model.graph.node))
+        result.weights_file = data.name if data is not None else None
+        old = previous_weights(output)
+        if data is not None:  # under its own name, before the .onnx that refers to it
+            os.replace(data, output.parent / data.name)
         os.replace(candidate, output)
         fsync_dir(output.parent)
+        if old is not None and (data is None or old.name != data.name):
+            old.unlink(missing_ok=True)  # the replaced artifact's weights file
     return result

@@ -122,7 +122,10 @@ def run_rank(args: argparse.Namespace) -> int:
 @_cli_errors
 def run_info(args: argparse.Namespace) -> int:
     from rewardrt.runtime.cpu import cpu_features
+    from rewardrt.runtime.integrity import weights_file
 
     model = clibase.load_model(args.model)
-    print(json.dumps({"path": str(model.path), **asdict(model.spec), "cpu": cpu_features()}, indent=2))
+    weights = weights_file(model.path)
+    print(json.dumps({"path": str(model.path), "weights_file": str(weights) if weights else None,
+                      **asdict(model.spec), "cpu": cpu_features()}, indent=2))
     return 0
