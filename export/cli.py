@@ -17,7 +17,7 @@ from rewardrt.runtime.spec import TARGET_BITS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a checkpoint to one verified, self-contained ONNX graph",
+        "export", help="export a checkpoint to one verified ONNX graph",
         description="Fold encoder + mean/max pooling + head into one ONNX graph (fp32, or INT8 "
         "with a fidelity gate), embed tokenizer and spec, verify against the torch reference.",
     )

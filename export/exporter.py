@@ -1,4 +1,4 @@
-"""``export()``: checkpoint -> ONE self-contained, verified ONNX graph.
+"""``export()``: checkpoint -> ONE verified ONNX graph (self-contained, or with its weights file).
 
 Steps: load the checkpoint as the torch reference; trace encoder + pooling + head + clamp to ONNX;
 fuse offline. For INT8 then, in four stages a reader can run alone:

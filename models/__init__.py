@@ -18,8 +18,8 @@ def model_dir(name: str = DEFAULT_MODEL_NAME) -> Path:
 
 
 def default_model_path(target: str = PORTABLE_TARGET) -> Path:
-    """The embedded default INT8 artifact for ``target`` (a self-contained .onnx; it may be absent
-    for a target other than the portable one)."""
+    """The embedded default INT8 artifact for ``target`` (a sealed .onnx whose tensors are in the
+    weights file beside it; it may be absent for a target other than the portable one)."""
     if target not in DEFAULT_ARTIFACTS:
         raise ValueError(f"target must be one of {', '.join(DEFAULT_ARTIFACTS)}, got {target!r}")
     return model_dir() / DEFAULT_ARTIFACTS[target]

@@ -113,7 +113,7 @@ def _check_batch_size(batch_size: int) -> None:
 class RewardModel:
     """Scores responses against reference answers on [0, 1] with an exported rewardrt model.
 
-    ``path``: a self-contained .onnx written by ``rewardrt export`` (None: the embedded default for
+    ``path``: an .onnx written by ``rewardrt export``, its weights file beside it if it has one (None: the embedded default for
     this CPU, :func:`select_default_model`; ``REWARDRT_DEFAULT_ARTIFACT`` overrides the choice).
     ``threads``: intra-op threads (None: the cores available to this process).
     ``max_length``: truncate inputs to fewer tokens than the artifact's own max_length (None: keep).

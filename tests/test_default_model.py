@@ -32,6 +32,17 @@ def test_each_packaged_artifact_is_for_its_target_and_passed_its_gate(target):
     assert spec.fidelity.spearman >= 0.995 and spec.fidelity.agreement_at_half >= 0.99
 
 
+def test_default_model_maps_its_weights_from_a_checked_weights_file():
+    """The packaged portable artifact keeps its large tensors in a weights file beside it (mapped by
+    onnxruntime, not copied: the bench's one-pair peak RSS), covered by its seal."""
+    from rewardrt.runtime.integrity import check_artifact, weights_file
+
+    weights = weights_file(default_model_path())
+    assert weights is not None and weights.is_file()
+    assert weights.stat().st_size > 50 * default_model_path().stat().st_size
+    assert check_artifact(default_model_path()) == 2
+
+
 def test_default_model_travels_to_any_x86_cpu():
     # The portable artifact lands on unknown CPUs: integer GEMMs only with 7-bit activation codes
     # (8-bit ones saturate without VNNI) and no `block` MatMuls (MatMulNBits is slow on AVX2 only).

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,22 @@ def test_every_package_folder_is_installed():
             found.add(".".join((name, *rel)))
     assert found - listed == set(), f"package folders missing from pyproject's packages: {sorted(found - listed)}"
     assert listed - found == set(), f"pyproject lists packages with no folder: {sorted(listed - found)}"
+
+
+def test_the_embedded_model_files_are_package_data():
+    """The editable install used here finds any file in the source tree; a wheel holds only what
+    package-data names: the default artifact, its weights file and the delta must all match."""
+    import tomllib
+
+    from rewardrt.models import model_dir
+    from rewardrt.runtime.integrity import weights_file
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setup["package-data"]["rewardrt.models"]
+    folder = model_dir()
+    needed = [p for p in folder.glob("*.onnx")]
+    needed += [w for p in needed if (w := weights_file(p)) is not None]
+    needed += [folder / "delta.safetensors", folder / "recipe.json"]
+    for path in needed:
+        rel = path.relative_to(folder.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} matches no package-data glob {globs}"
