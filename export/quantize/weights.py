@@ -146,7 +146,7 @@ def float16_exact_weights(model: onnx.ModelProto, min_elements: int = 4096) -> l
     Lossless: a weight is only stored this way when every entry survives the round trip bit for bit,
     which is the case for every layer a recipe trained with ``release_precision: float16`` (the
     default model's). onnxruntime folds the ``Cast`` once when the session loads, so the MatMul runs
-    on the very fp32 weights it ran on before, at half the file bytes (the default v9 file: 56.4 →
+    on the very fp32 weights it ran on before, at half the file bytes (v9 as a single file: 56.4 →
     42.6 MB). Weights that float16 does not hold exactly stay fp32."""
     graph = model.graph
     readers: dict[str, set[str]] = {}
