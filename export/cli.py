@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-file", action="store_true",
                    help="keep the large tensors in one file beside the .onnx (OUT.onnx.<digest>.data, "
                         "ONNX external data): onnxruntime maps it instead of copying it out of the graph, "
-                        "so a scoring process peaks ~40 MB lower and processes on one host share it; "
+                        "so a scoring process of the default-size model peaks 30-40 MB lower and processes on one host share it; "
                         "copy both files together (default: one self-contained .onnx)")
     p.add_argument("--one-sided-gelu", action=argparse.BooleanOptionalAction, default=True,
                    help="token-scheme MatMuls reading a GELU output quantize it one-sided (codes 0..255 "

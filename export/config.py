@@ -113,8 +113,9 @@ class ExportConfig:
     # answers by up to 0.04 on the default model, most of the budget, before any MatMul was quantized)
     embedding_table: str = "float16"
     # keep the large tensors in one weights file beside the .onnx (ONNX external data, mapped by
-    # onnxruntime): ~40 MB lower peak memory when a process loads the default-size model, pages
-    # shared between processes; two files to copy together (see export/weightsfile.py)
+    # onnxruntime): 30-40 MB lower peak memory for a process scoring with the default-size model
+    # (v9: the bench's one-pair process 158 -> 119 MB), pages shared between processes; two files
+    # to copy together (see export/weightsfile.py)
     weights_file: bool = False
     activation_chain: str = "qlinear"      # how token-scheme activations are quantized (same codes)
     # the CPU family the artifact is verified for (see the presets above): "avx512-vnni", "avx2", or

@@ -37,8 +37,8 @@ from rewardrt.export.quantize import QuantPlan
 from rewardrt.export.reference import TorchReward
 from rewardrt.export.search import PlanSearch, adapted_plan, recorded_plan, search_plan
 from rewardrt.export.workdir import export_workdir, remove_stale_workdirs
-from rewardrt.export.weightsfile import externalize, previous_weights
-from rewardrt.runtime.integrity import KEY_WEIGHTS, fsync_dir, seal_bytes, weights_record
+from rewardrt.export.weightsfile import WeightsFile, externalize, previous_weights
+from rewardrt.runtime.integrity import KEY_WEIGHTS, fsync_dir, seal_bytes
 from rewardrt.runtime.metrics import Fidelity
 from rewardrt.runtime.spec import (
     FORMAT_VERSION, KEY_FORMAT, KEY_SPEC, KEY_TOKENIZER, ArtifactSpec, QuantizationRecord,
@@ -109,16 +109,14 @@ def _versions() -> dict[str, str]:
 
 
 def _write(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: str, path: Path,
-           weights: bool = False) -> tuple[int, Path | None]:
+           weights: WeightsFile | None = None) -> int:
     """Set the metadata, serialize and seal (content digest, see rewardrt.runtime.integrity), then
-    write and fsync; with ``weights``, the large tensors go to a weights file beside ``path`` first
-    (see export/weightsfile.py), whose name, size and digest the sealed metadata records. Returns
-    the bytes written (both files) and the weights file (None without)."""
+    write and fsync; ``weights``: the weights file ``model``'s external tensors are in (from
+    :func:`~rewardrt.export.weightsfile.externalize`), recorded in the sealed metadata. Returns the
+    bytes of the artifact (both files)."""
     props = {KEY_FORMAT: str(FORMAT_VERSION), KEY_SPEC: spec.to_json(), KEY_TOKENIZER: tokenizer_json}
-    data = None
-    if weights:
-        model, data = externalize(model, path.parent, path.name)
-        props[KEY_WEIGHTS] = weights_record(data)
+    if weights is not None:
+        props[KEY_WEIGHTS] = weights.record
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
     model.producer_name = "rewardrt"
@@ -126,7 +124,7 @@ def _write(model: onnx.ModelProto, spec: ArtifactSpec, tokenizer_json: str, path
         f.write(seal_bytes(model.SerializeToString()))
         f.flush()
         os.fsync(f.fileno())
-    return path.stat().st_size + (data.stat().st_size if data is not None else 0), data
+    return path.stat().st_size + (weights.path.stat().st_size if weights is not None else 0)
 
 
 class Stages:
@@ -311,14 +309,18 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
         candidate = work / output.name  # a weights file's name starts with the output's
         rejected: list[dict] = []
         for plan, search in attempts:
-            model = (onnx.ModelProto.FromString(fp32.model.SerializeToString()) if plan is None
-                     else quantize.quantize(fp32.model, plan, stats, cache))
-            if not cfg.weights_file:  # lossless: half the bytes where float16 holds them (a weights
-                quantize.float16_exact_weights(model)  # file maps fp32 weights as they are instead)
+            model = fp32.model if plan is None else quantize.quantize(fp32.model, plan, stats, cache)
+            weights = None
+            if cfg.weights_file:  # a copy; its fp32 weights stay fp32, mapped as they are
+                model, weights = externalize(model, work, output.name)
+            else:  # lossless: half the bytes where float16 holds them
+                if plan is None:
+                    model = onnx.ModelProto.FromString(model.SerializeToString())  # fp32.model stays
+                quantize.float16_exact_weights(model)
             record = None if plan is None else quantization_record(plan, search, cfg, model, rejected)
             spec = replace(job.spec, quantization=record)
             with stages("gate"):
-                size, _ = _write(model, spec, job.tokenizer_json, candidate, cfg.weights_file)
+                size = _write(model, spec, job.tokenizer_json, candidate, weights)
                 try:
                     verdict = gate(candidate, job.held_out, cfg.budget, cfg.precision, cfg.threads)
                     break
@@ -338,8 +340,9 @@ def export(checkpoint_dir: str | Path, output: str | Path, config: ExportConfig 
                                 _report(job, output, fp32, verdict, plan, size, rejected))
         fid = {**verdict.fidelity.as_dict(), "max_raw_abs_diff": verdict.max_raw_abs_diff,
                "validation": job.held_out.description, "budget": budget_record(cfg.precision, cfg.budget)}
-        size, data = _write(model, replace(spec, fidelity=fid), job.tokenizer_json, candidate, cfg.weights_file)
+        size = _write(model, replace(spec, fidelity=fid), job.tokenizer_json, candidate, weights)
         result = _report(job, output, fp32, verdict, plan, size, rejected, len(model.graph.node))
+        data = weights.path if weights is not None else None
         result.weights_file = data.name if data is not None else None
         old = previous_weights(output)
         if data is not None:  # under its own name, before the .onnx that refers to it

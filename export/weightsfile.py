@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from rewardrt.runtime.integrity import weights_file
+from rewardrt.runtime.integrity import weights_file, weights_record
 from rewardrt.runtime.spec import ArtifactError
 
 ALIGN = 4096        # offsets on page boundaries: onnxruntime maps such tensors instead of reading them
@@ -36,9 +37,17 @@ def weights_name(output_name: str, sha256: str) -> str:
     return f"{output_name}.{sha256[:12]}.data"
 
 
-def externalize(model: onnx.ModelProto, folder: Path, output_name: str) -> tuple[onnx.ModelProto, Path]:
+@dataclass(frozen=True)
+class WeightsFile:
+    path: Path
+    record: str  # its ``rewardrt.weights`` metadata value (name, size, sha256)
+
+
+def externalize(model: onnx.ModelProto, folder: Path, output_name: str) -> tuple[onnx.ModelProto, WeightsFile]:
     """A copy of ``model`` whose initializers of at least ``MIN_BYTES`` live in a weights file written
-    (and fsynced) in ``folder`` as ``weights_name(output_name, its sha256)``; returns (copy, file)."""
+    (and fsynced) in ``folder`` as ``weights_name(output_name, its sha256)``, hashed as it is written;
+    returns (copy, file). The copy can be sealed and written any number of times (the gate's
+    candidate, then the same graph with its fidelity figures) against the one weights file."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     tmp = folder / f"{output_name}.weights.tmp"
@@ -64,7 +73,8 @@ def externalize(model: onnx.ModelProto, folder: Path, output_name: str) -> tuple
             offset += len(raw)
         f.flush()
         os.fsync(f.fileno())
-    data = folder / weights_name(output_name, h.hexdigest())
+    sha256 = h.hexdigest()
+    data = folder / weights_name(output_name, sha256)
     os.replace(tmp, data)
     for t, start, length in moved:
         for name in _DATA_FIELDS:
@@ -74,7 +84,7 @@ def externalize(model: onnx.ModelProto, folder: Path, output_name: str) -> tuple
         for key, value in (("location", data.name), ("offset", str(start)), ("length", str(length))):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
-    return out, data
+    return out, WeightsFile(data, weights_record(data.name, offset, sha256))
 
 
 def previous_weights(output: Path) -> Path | None:

@@ -16,8 +16,8 @@ error); newer = refused with "upgrade rewardrt".
 
 A weights file: an artifact exported with ``--weights-file`` keeps its large tensors in one file
 beside the graph (ONNX external data, ``<name>.onnx.<digest>.data``), which onnxruntime maps into
-memory instead of copying out of the parsed graph: a scoring process peaks ~40 MB lower, and
-processes on one host share the mapped pages. The sealed .onnx then carries ``rewardrt.weights``,
+memory instead of copying out of the parsed graph: a process scoring with v9 peaks 30-40 MB lower
+(the bench's one-pair process 158 -> 119 MB), and processes on one host share the mapped pages. The sealed .onnx then carries ``rewardrt.weights``,
 ``{"file", "bytes", "sha256"}`` of that file, so the digest chain covers it: the check hashes it
 (read in chunks, not mapped, so the check itself adds nothing to the process's peak memory).
 """
@@ -220,11 +220,9 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weights_record(path: str | Path) -> str:
-    """The ``rewardrt.weights`` metadata value for the weights file ``path`` (name, size, digest)."""
-    path = Path(path)
-    return json.dumps({"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)},
-                      sort_keys=True)
+def weights_record(file: str, size: int, sha256: str) -> str:
+    """The ``rewardrt.weights`` metadata value for a weights file (its name, size and digest)."""
+    return json.dumps({"file": file, "bytes": size, "sha256": sha256}, sort_keys=True)
 
 
 def weights_file(path: str | Path) -> Path | None:
@@ -232,10 +230,11 @@ def weights_file(path: str | Path) -> Path | None:
     artifact; the names are checked, the file is not (that is :func:`check_artifact`'s job)."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         entries = [e for e in _metadata(data) if e.key == KEY_WEIGHTS]
-    return _weights_path(Path(path), entries[0].value, str(path)) if entries else None
+    return _weights_entry(Path(path), entries[0].value, str(path))[0] if entries else None
 
 
-def _weights_path(path: Path, value: bytes, name: str) -> Path:
+def _weights_entry(path: Path, value: bytes, name: str) -> tuple[Path, dict]:
+    """(the weights file beside ``path``, the recorded entry) from a ``rewardrt.weights`` value."""
     try:
         record = json.loads(value.decode("utf-8"))
         file = record["file"]
@@ -243,13 +242,12 @@ def _weights_path(path: Path, value: bytes, name: str) -> Path:
         raise ArtifactError(f"{name!r} has a malformed {KEY_WEIGHTS} entry; the file is corrupt") from None
     if not isinstance(file, str) or file in ("", ".", "..") or "/" in file or "\\" in file:
         raise ArtifactError(f"{name!r} names a weights file {file!r} that is not a plain file name beside it")
-    return path.parent / file
+    return path.parent / file, record
 
 
 def _check_weights(path: Path, value: bytes, name: str) -> None:
     """The weights file a sealed artifact names is there, whole and unchanged."""
-    data = _weights_path(path, value, name)
-    record = json.loads(value.decode("utf-8"))
+    data, record = _weights_entry(path, value, name)
     if not data.is_file():
         raise ArtifactError(f"{name!r} keeps its weights in {str(data)!r}, which does not exist; copy "
                             f"both files of the artifact ({path.name} and {data.name}) together")
@@ -278,8 +276,8 @@ def check_artifact(path: str | Path) -> int:
             if size == 0:
                 raise ArtifactError(f"{name!r} is empty, not an ONNX model")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                version = _check(data, name)
-                weights = [e for e in _metadata(data) if e.key == KEY_WEIGHTS]
+                version, entries = _check(data, name)
+        weights = [e for e in entries if e.key == KEY_WEIGHTS]
         if len(weights) > 1:
             raise ArtifactError(f"{name!r} carries {len(weights)} {KEY_WEIGHTS} entries; re-export it")
         if weights:
@@ -289,7 +287,8 @@ def check_artifact(path: str | Path) -> int:
         raise ArtifactError(f"cannot read model file {name!r}: {exc.strerror or exc}") from None
 
 
-def _check(data: mmap.mmap, name: str) -> int:
+def _check(data: mmap.mmap, name: str) -> tuple[int, list[_Entry]]:
+    """The format version of a sealed artifact's bytes, and its metadata entries."""
     try:
         entries = _metadata(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -321,4 +320,4 @@ def _check(data: mmap.mmap, name: str) -> int:
             f"{name!r} is corrupt or was modified after export: its sha256 is {actual}, its metadata "
             f"records {recorded.decode('ascii')}; re-copy or re-export the file"
         )
-    return version
+    return version, entries

@@ -135,7 +135,7 @@ def test_the_embedded_model_files_are_package_data():
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = setup["package-data"]["rewardrt.models"]
     folder = model_dir()
-    needed = [p for p in folder.glob("*.onnx")]
+    needed = list(folder.glob("*.onnx"))
     needed += [w for p in needed if (w := weights_file(p)) is not None]
     needed += [folder / "delta.safetensors", folder / "recipe.json"]
     for path in needed:
